@@ -1,0 +1,215 @@
+"""Typed configuration: nested dataclasses, presets, command-line overrides.
+
+Every hyper-parameter of the paper (SPEC 5) is a field here with its default commented. The command
+line exposes each field as `--field-name` (field names are unique across sections); unknown options are
+rejected by argparse, and the resolved config is saved beside every run and inside every checkpoint.
+
+Two kinds of preset combine:
+- a schedule preset (`--preset`): `quick` (the default: trains on the built-in synthetic data on a
+  2-core CPU in minutes) or `paper` (SPEC 5: batch 128, SGD 0.9, lr 0.01, 300 epochs, step every 100);
+- a model variant (`--variant`): which of ITRR / HLRR / LGIFO / NNLDL are on (Table 3 rows a-g, the
+  full model `rald`, and `rald-l` for flat label sets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional, get_type_hints
+
+
+@dataclass
+class ModelConfig:
+    backbone_weights: Optional[str] = None  # local ResNet18 state dict; None = random init
+    dim: int = 512                          # ResNet18 pooled feature size = model dim D
+    heads: int = 8                          # h; D / h = 64 per head
+    scale: float = 0.125                    # lambda of eqs. (4), (8), (14) = 1/sqrt(64)
+    sigma: int = 500                        # xi bucket for unreachable label pairs, eq. (9)
+    itrr: bool = True                       # image topological relations, eqs. (3)-(7)
+    hlrr: bool = True                       # hierarchy-aware label relations, eqs. (8)-(12)
+    lgifo: bool = True                      # label-guided image features, eqs. (13)-(17)
+    hierarchy_bias: bool = True             # b[xi] in eq. (8); off for RALD-L (flat labels)
+    input_residual: bool = False            # add the block input to M (the paper adds none)
+    dropout: float = 0.1                    # FFN dropout inside the attention blocks
+    label_vectors: Optional[str] = None     # word2vec/GloVe file; None = bundled en_core_web_md
+
+
+@dataclass
+class LossConfig:
+    nnldl: bool = True          # nearest-neighbour label distribution loss, eqs. (18)-(19)
+    k: int = 5                  # neighbours per image (Fig. 6)
+    nnldl_weight: float = 1.0   # weight of L_KL in L = CE + L_KL (eq. 21 uses 1)
+    nnldl_grad: bool = False    # let gradients flow through the target D (SPEC 4: stop-gradient)
+
+
+@dataclass
+class DataConfig:
+    data: str = "synthetic"     # synthetic | labelfile (a dir with train.csv/test.csv)
+    data_root: Optional[str] = None  # dataset dir (labelfile) or synthetic cache dir
+    taxonomy: str = "fg-emotions"    # built-in name or a JSON/YAML file
+    image_size: int = 64        # network input side; the paper uses 224 on real faces
+    synth_train_per_class: int = 60
+    synth_test_per_class: int = 20
+    synth_flip_prob: float = 0.1     # share of ambiguous (flipped) training labels
+    synth_seed: int = 0
+    hflip: bool = True          # random horizontal flip during training
+    workers: int = 0            # DataLoader workers (images are decoded once and kept in memory)
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 300
+    batch_size: int = 128
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-3  # reading of "衰减系数为5e-3": see docs/DESIGN.md
+    lr_step: int = 100          # decay the lr every lr_step epochs
+    lr_gamma: float = 0.1       # multiplicative lr decay
+    head_lr_mult: float = 1.0   # lr multiplier of everything but the backbone
+
+
+@dataclass
+class RunConfig:
+    out: str = "runs/rald"      # output directory of the run
+    seed: int = 0
+    device: str = "auto"        # auto | cpu | cuda
+    eval_every: int = 1         # epochs between test evaluations
+    eval_batch_size: int = 128  # batch size at test time (ITRR mixes a batch: it matters)
+    threads: int = 0            # torch CPU threads; 0 = torch's default
+    channels_last: bool = True  # NHWC convolutions: about 2x faster on this CPU and on GPUs
+    progress: bool = True       # tqdm progress bars
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    preset: str = "quick"
+    variant: str = "rald"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Config:
+        cfg = cls()
+        for section in ("model", "loss", "data", "optim", "run"):
+            sub = getattr(cfg, section)
+            known = {f.name for f in fields(sub)}
+            unknown = set(d.get(section, {})) - known
+            if unknown:
+                raise ValueError(f"unknown config keys in section {section!r}: {sorted(unknown)}")
+            for k, v in d.get(section, {}).items():
+                setattr(sub, k, v)
+        cfg.preset, cfg.variant = d.get("preset", "quick"), d.get("variant", "rald")
+        return cfg
+
+
+# --- presets ---------------------------------------------------------------------------------
+SCHEDULES: dict[str, dict[str, Any]] = {
+    # SPEC 5 (section 4.2 of the paper)
+    "paper": dict(epochs=300, batch_size=128, lr=0.01, lr_step=100, lr_gamma=0.1,
+                  weight_decay=5e-3, image_size=224),
+    # the no-argument run: synthetic data, 2-core CPU, a few minutes (README gives the numbers)
+    "quick": dict(epochs=12, batch_size=64, lr=0.02, lr_step=8, lr_gamma=0.1, weight_decay=5e-4,
+                  image_size=64, eval_every=4, eval_batch_size=64),
+    # for tests: seconds
+    "tiny": dict(epochs=2, batch_size=16, image_size=32, synth_train_per_class=3,
+                 synth_test_per_class=2, eval_batch_size=16, progress=False),
+}
+
+# Table 3 of the paper: which modules are on. (a) is the bare ResNet18.
+VARIANTS: dict[str, dict[str, bool]] = {
+    "a": dict(itrr=False, hlrr=False, lgifo=False, nnldl=False),
+    "b": dict(itrr=True, hlrr=False, lgifo=False, nnldl=False),
+    "c": dict(itrr=True, hlrr=False, lgifo=False, nnldl=True),
+    "d": dict(itrr=False, hlrr=False, lgifo=True, nnldl=False),
+    "e": dict(itrr=True, hlrr=False, lgifo=True, nnldl=False),
+    "f": dict(itrr=False, hlrr=True, lgifo=True, nnldl=False),
+    "g": dict(itrr=True, hlrr=True, lgifo=True, nnldl=False),
+    "rald": dict(itrr=True, hlrr=True, lgifo=True, nnldl=True),
+    # flat label sets (RAF-DB, AffectNet): HLRR keeps its attention but has no hierarchy bias
+    "rald-l": dict(itrr=True, hlrr=True, lgifo=True, nnldl=True, hierarchy_bias=False),
+}
+VARIANTS["baseline"] = VARIANTS["a"]
+
+
+def _sections(cfg: Config):
+    return [cfg.model, cfg.loss, cfg.data, cfg.optim, cfg.run]
+
+
+def set_option(cfg: Config, key: str, value: Any) -> None:
+    for sub in _sections(cfg):
+        if key in {f.name for f in fields(sub)}:
+            setattr(sub, key, value)
+            return
+    raise KeyError(key)
+
+
+def make_config(preset: str = "quick", variant: str = "rald", **overrides) -> Config:
+    """Defaults, then the schedule preset, then the variant, then explicit overrides."""
+    if preset not in SCHEDULES:
+        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(SCHEDULES)}")
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    cfg = Config(preset=preset, variant=variant)
+    for k, v in {**SCHEDULES[preset], **VARIANTS[variant], **overrides}.items():
+        try:
+            set_option(cfg, k, v)
+        except KeyError:
+            raise ValueError(f"unknown config key {k!r}") from None
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Reject combinations that cannot run, naming the option to change."""
+    m, lo, o = cfg.model, cfg.loss, cfg.optim
+    if m.dim % m.heads:
+        raise ValueError(f"--dim {m.dim} must be divisible by --heads {m.heads}")
+    if lo.nnldl and not m.itrr:
+        raise ValueError("--nnldl needs --itrr: NNLDL ranks neighbours by ITRR's relation R_v")
+    if lo.k < 1:
+        raise ValueError(f"--k must be >= 1, got {lo.k}")
+    if m.hlrr and not m.lgifo:
+        raise ValueError("--hlrr without --lgifo has no effect: HLRR only feeds LGIFO's keys")
+    for name, val in (("epochs", o.epochs), ("batch-size", o.batch_size), ("lr-step", o.lr_step)):
+        if val < 1:
+            raise ValueError(f"--{name} must be >= 1, got {val}")
+    if cfg.run.device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, got {cfg.run.device!r}")
+    if cfg.data.data not in ("synthetic", "labelfile"):
+        raise ValueError(f"--data must be synthetic or labelfile, got {cfg.data.data!r}")
+
+
+# --- command line ----------------------------------------------------------------------------
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One `--field-name` option per config field (defaults come from preset + variant)."""
+    parser.add_argument("--preset", default="quick", choices=list(SCHEDULES),
+                        help="schedule preset (default: quick, a few minutes on a 2-core CPU)")
+    parser.add_argument("--variant", default="rald", choices=list(VARIANTS),
+                        help="model variant: Table 3 rows a-g, rald (all modules), rald-l (flat)")
+    for sub in _sections(Config()):
+        hints = get_type_hints(type(sub))
+        group = parser.add_argument_group(type(sub).__name__.removesuffix("Config").lower())
+        for f in fields(sub):
+            flag = "--" + f.name.replace("_", "-")
+            typ = hints[f.name]
+            kw: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS,
+                                      help=f"(default {getattr(sub, f.name)!r} before presets)")
+            if typ is bool:
+                group.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+            elif typ == Optional[str]:
+                group.add_argument(flag, type=str, metavar="PATH", **kw)
+            else:
+                group.add_argument(flag, type=typ, **kw)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    keys = {f.name for sub in _sections(Config()) for f in fields(sub)}
+    overrides = {k: v for k, v in vars(args).items() if k in keys}
+    return make_config(args.preset, args.variant, **overrides)

@@ -1,0 +1,73 @@
+"""Evaluation: predictions over a split, and the paper's metrics (SPEC 6).
+
+Overall fine accuracy; per-class accuracy at the valence / coarse / fine levels (Table 1 layout);
+coarse accuracy both ways (the parent of the fine prediction, and the argmax of the probability summed
+over each coarse group); a confusion matrix; images per second of the forward pass.
+
+ITRR attends among the images of a batch, so in the paper's batch mode a prediction depends on its
+batch-mates. Test batches are therefore drawn in a fixed *shuffled* order (seeded): a file-ordered test
+list would put same-class images together and leak labels through ITRR.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from rald_fast.data.dataset import Split
+from rald_fast.data.transforms import Preprocess
+from rald_fast.hierarchy import Taxonomy
+
+
+@torch.no_grad()
+def predict_split(model, split: Split, preprocess: Preprocess, batch_size: int,
+                  device: torch.device, seed: int = 0) -> dict:
+    """Probabilities (N, C_f) and features (N, D) in the split's order, plus images/s."""
+    model.eval()
+    n = len(split)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    labels_tokens = model.label_tokens() if model.lgifo is not None else None  # constant (SPEC 3.2)
+    probs = torch.empty(n, model.taxonomy.num_fine)
+    feats = torch.empty(n, model.cfg.dim)
+    seconds = 0.0
+    for start in range(0, n, batch_size):
+        idx = order[start:start + batch_size]
+        x = preprocess.normalize(split.images[idx].to(device))
+        t0 = time.perf_counter()
+        out = model.forward_head(model.forward_features(x), labels_tokens)
+        p = out["logits"].float().softmax(-1).cpu()
+        seconds += time.perf_counter() - t0
+        probs[idx], feats[idx] = p, out["features"].float().cpu()
+    return {"probs": probs.numpy(), "features": feats.numpy(), "labels": split.labels.numpy(),
+            "images_per_s": n / max(seconds, 1e-9)}
+
+
+def compute_metrics(probs: np.ndarray, labels: np.ndarray, taxonomy: Taxonomy) -> dict:
+    """Accuracies at every level of the taxonomy, and the fine confusion matrix."""
+    pred = probs.argmax(1)
+    c = taxonomy.num_fine
+    conf = np.bincount(labels * c + pred, minlength=c * c).reshape(c, c)
+    support = conf.sum(1)
+    per_fine = np.where(support > 0, np.diag(conf) / np.maximum(support, 1), np.nan)
+    out = {"accuracy": float((pred == labels).mean()), "n": int(len(labels)),
+           "per_class": {f: float(a) for f, a in zip(taxonomy.fine, per_fine)},
+           "confusion": conf.tolist()}
+    if not taxonomy.is_flat:
+        parent = taxonomy.coarse_of_fine()                     # (C_f,) fine -> coarse index
+        true_c, pred_c = parent[labels], parent[pred]
+        summed = np.zeros((len(probs), len(taxonomy.coarse)))
+        np.add.at(summed.T, parent, probs.T)                   # probability summed per group
+        out["coarse_accuracy"] = float((pred_c == true_c).mean())
+        out["coarse_accuracy_summed"] = float((summed.argmax(1) == true_c).mean())
+        out["per_coarse"] = {name: float((pred_c[true_c == i] == i).mean())
+                             for i, name in enumerate(taxonomy.coarse) if (true_c == i).any()}
+        if taxonomy.valence:
+            val_names = sorted(set(taxonomy.valence.values()))
+            val_of = np.array([val_names.index(taxonomy.valence[g]) for g in taxonomy.coarse])
+            tv, pv = val_of[true_c], val_of[pred_c]
+            out["valence_accuracy"] = float((tv == pv).mean())
+            out["per_valence"] = {v: float((pv[tv == i] == i).mean())
+                                  for i, v in enumerate(val_names) if (tv == i).any()}
+    return out

@@ -1,0 +1,76 @@
+"""The attention block shared by ITRR, HLRR and LGIFO (SPEC 3).
+
+Each block: per-head queries, keys and values, R = lambda Q K^T (+ b[xi] in HLRR), softmax, heads
+concatenated, W_MSA, then Y = norm(M + FFN(M)) (eqs. 7, 12, 17). The paper adds no residual from the
+block input; `input_residual=True` adds one (M <- M + X) as an option. Every attention goes through
+the one op interface `rald_fast.kernels.attention` (Triton on CUDA, PyTorch reference elsewhere).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rald_fast import kernels
+
+
+class FFN(nn.Module):
+    """Linear(D, 4D) - GELU - Dropout - Linear(4D, D) (SPEC 3 reading)."""
+
+    def __init__(self, dim: int, dropout: float):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(4 * dim, dim))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head attention of `x` (queries) over `context` (keys, values), then norm(M + FFN(M)).
+
+    Args:
+        dim: model width D.
+        heads: h; the per-head width is D / h.
+        scale: lambda of eqs. (4), (8), (14).
+        value_proj: False for LGIFO, whose values are the label tokens themselves (eq. 13).
+        dropout: FFN dropout.
+        input_residual: add the query input to M (not in the paper).
+    """
+
+    def __init__(self, dim: int, heads: int, scale: float, *, value_proj: bool = True,
+                 dropout: float = 0.1, input_residual: bool = False):
+        super().__init__()
+        self.heads, self.scale, self.input_residual = heads, scale, input_residual
+        self.w_q = nn.Linear(dim, dim, bias=False)
+        self.w_k = nn.Linear(dim, dim, bias=False)
+        self.w_v = nn.Linear(dim, dim, bias=False) if value_proj else nn.Identity()
+        self.w_msa = nn.Linear(dim, dim)
+        self.ffn = FFN(dim, dropout)
+        self.norm = nn.LayerNorm(dim)
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        n, d = x.shape
+        return x.view(n, self.heads, d // self.heads).transpose(0, 1)  # (h, n, D/h)
+
+    def project_qk(self, x: torch.Tensor, context: torch.Tensor):
+        """Per-head queries and keys, (h, Lq, D/h) and (h, Lk, D/h); NNLDL reuses ITRR's."""
+        return self.split_heads(self.w_q(x)), self.split_heads(self.w_k(context))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, *,
+                bias_table: torch.Tensor | None = None, xi: torch.Tensor | None = None,
+                qk: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        context = x if context is None else context
+        q, k = qk if qk is not None else self.project_qk(x, context)
+        v = self.split_heads(self.w_v(context))                         # (h, Lk, D/h)
+        out = kernels.attention(q, k, v, self.scale, bias_table, xi)    # (h, Lq, D/h)
+        m = self.w_msa(out.transpose(0, 1).reshape(x.shape[0], -1))     # (Lq, D)
+        if self.input_residual:
+            m = m + x
+        return self.norm(m + self.ffn(m))                               # (Lq, D)
+
+
+def decreasing_bias_init(heads: int, sigma: int) -> torch.Tensor:
+    """(h, sigma + 1) table b[xi], decreasing in xi (SPEC 3.2): b = -0.5 log(1 + xi)."""
+    xi = torch.arange(sigma + 1, dtype=torch.float32)
+    return (-0.5 * torch.log1p(xi)).expand(heads, -1).clone()

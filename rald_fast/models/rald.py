@@ -1,0 +1,99 @@
+"""RALD (Liu et al. 2024): ResNet18 -> ITRR -> LGIFO (keys from HLRR) -> fine head (SPEC 2-3).
+
+Read in the paper's order: image encoder F_v (1), label encoder F_s (2) as a frozen buffer, ITRR
+(3)-(7) over the images of the batch, HLRR (8)-(12) over the label tokens with the learnable
+shortest-path bias b[xi], LGIFO (13)-(17) from images to labels, the fine head (P = softmax). NNLDL
+lives in `losses.py`; it needs ITRR's per-head queries and keys, which `forward` returns.
+
+Every module can be switched off (ModelConfig.itrr / hlrr / lgifo) so Table 3's rows are variants of
+one class: without ITRR, F~ = F; without LGIFO, F^ = F~; without HLRR, S~ is the projected label
+vectors themselves (SPEC 6).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rald_fast.config import ModelConfig
+from rald_fast.hierarchy import Taxonomy
+from rald_fast.models.backbone import build_resnet18
+from rald_fast.models.blocks import AttentionBlock, decreasing_bias_init
+
+
+class RALD(nn.Module):
+    """Fine-grained FER model. `forward(images)` -> dict(logits, features, itrr_q, itrr_k).
+
+    Args:
+        cfg: model options.
+        taxonomy: label set; fixes C_f (head size) and, with LGIFO, the C label nodes and xi.
+        label_vectors: (C, E) word vectors of the taxonomy's nodes (F_s); needed with LGIFO.
+    """
+
+    def __init__(self, cfg: ModelConfig, taxonomy: Taxonomy, label_vectors: torch.Tensor | None):
+        super().__init__()
+        self.cfg, self.taxonomy = cfg, taxonomy
+        d, h = cfg.dim, cfg.heads
+        block = dict(dropout=cfg.dropout, input_residual=cfg.input_residual)
+        self.backbone = build_resnet18(cfg.backbone_weights)                  # F_v, eq. (1)
+        self.itrr = AttentionBlock(d, h, cfg.scale, **block) if cfg.itrr else None
+        self.hlrr = self.lgifo = None
+        if cfg.lgifo:
+            if label_vectors is None or label_vectors.shape[0] != taxonomy.num_nodes:
+                raise ValueError(f"LGIFO needs one label vector per node of {taxonomy.name!r} "
+                                 f"({taxonomy.num_nodes})")
+            self.register_buffer("label_vectors", label_vectors.float().clone())  # S, eq. (2)
+            self.label_proj = nn.Linear(label_vectors.shape[1], d)              # S -> h_i
+            if cfg.hlrr:
+                self.hlrr = AttentionBlock(d, h, cfg.scale, **block)
+                use_bias = cfg.hierarchy_bias and not taxonomy.is_flat
+                if use_bias:
+                    self.bias_table = nn.Parameter(decreasing_bias_init(h, cfg.sigma))  # b, eq. (8)
+                    self.register_buffer("xi", torch.from_numpy(taxonomy.xi(cfg.sigma)))  # eq. (9)
+                else:
+                    self.bias_table = self.xi = None
+            self.lgifo = AttentionBlock(d, h, cfg.scale, value_proj=False, **block)
+        self.head = nn.Linear(d, taxonomy.num_fine)                             # P, SPEC 3.4
+
+    # --- the label branch: never depends on the images (SPEC 3.2) ------------------------------
+    def label_tokens(self) -> torch.Tensor:
+        """S~ (C, D): HLRR over the projected label vectors, eqs. (8)-(12)."""
+        h = self.label_proj(self.label_vectors)                                # (C, D)
+        if self.hlrr is None:
+            return h
+        return self.hlrr(h, bias_table=self.bias_table, xi=self.xi)            # (C, D)
+
+    # --- the image branch -----------------------------------------------------------------------
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """F (N, 512), eq. (1)."""
+        return self.backbone(images)
+
+    def forward_head(self, feats: torch.Tensor, label_tokens: torch.Tensor | None = None) -> dict:
+        """ITRR -> LGIFO -> fine logits from backbone features F (N, D)."""
+        out = {}
+        x = feats
+        if self.itrr is not None:
+            q, k = self.itrr.project_qk(x, x)                                  # (h, N, D/h) each
+            out["itrr_q"], out["itrr_k"] = q, k                                # R_v = lambda q k^T
+            x = self.itrr(x, qk=(q, k))                                        # F~ (N, D), eq. (7)
+        if self.lgifo is not None:
+            s = self.label_tokens() if label_tokens is None else label_tokens  # S~ (C, D)
+            x = self.lgifo(x, s)                                               # F^ (N, D), eq. (17)
+        out["features"] = x
+        out["logits"] = self.head(x)                                           # (N, C_f)
+        return out
+
+    def forward(self, images: torch.Tensor) -> dict:
+        return self.forward_head(self.forward_features(images))
+
+    def param_groups(self, lr: float, head_lr_mult: float) -> list[dict]:
+        backbone = list(self.backbone.parameters())
+        ids = {id(p) for p in backbone}
+        rest = [p for p in self.parameters() if id(p) not in ids and p.requires_grad]
+        return [{"params": backbone, "lr": lr}, {"params": rest, "lr": lr * head_lr_mult}]
+
+    def has_module(self, name: str) -> bool:
+        """Which of itrr / hlrr / lgifo / hierarchy_bias this instance really has."""
+        if name == "hierarchy_bias":
+            return getattr(self, "bias_table", None) is not None
+        return getattr(self, name, None) is not None

@@ -1,0 +1,72 @@
+"""`python -m rald_fast.train`: train RALD. With no arguments: the quick preset on synthetic data.
+
+Examples:
+  python -m rald_fast.train                                  # synthetic data, CPU, a few minutes
+  python -m rald_fast.train --variant a --out runs/baseline  # bare ResNet18, same budget
+  python -m rald_fast.train --preset paper --data labelfile --data-root DIR --backbone-weights W.pth
+  python -m rald_fast.train --resume runs/rald/last.pt --epochs 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from rald_fast.cli import run_cli
+from rald_fast.config import Config, add_config_arguments, config_from_args, set_option, validate
+
+# options that may change when resuming; everything else comes from the checkpoint
+RESUME_OVERRIDABLE = {"epochs", "out", "progress", "eval_every", "threads", "device"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m rald_fast.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--resume", metavar="CKPT", help="continue the run saved in CKPT (last.pt)")
+    add_config_arguments(p)
+    return p
+
+
+def resolve_config(args: argparse.Namespace) -> Config:
+    if not args.resume:
+        return config_from_args(args)
+    from rald_fast.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(args.resume)
+    cfg = Config.from_dict(ckpt["config"])
+    given = {k for k in vars(args) if k not in ("resume", "preset", "variant")}
+    bad = sorted(given - RESUME_OVERRIDABLE)
+    if bad or "--preset" in sys.argv or "--variant" in sys.argv:
+        raise ValueError("--resume continues the saved config; only "
+                         f"{', '.join('--' + k.replace('_', '-') for k in sorted(RESUME_OVERRIDABLE))}"
+                         f" may change (got {', '.join(bad) or '--preset/--variant'})")
+    for k in given:
+        set_option(cfg, k, getattr(args, k))
+    validate(cfg)
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = resolve_config(args)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("gensim").setLevel(logging.WARNING)
+    from rald_fast.training import fit
+
+    summary = fit(cfg, resume=args.resume)
+    final = summary["final"]
+    print(f"\nfinished {summary['epochs']} epochs in {summary['train_seconds']:.0f} s "
+          f"(variant {summary['variant']}, preset {summary['preset']})")
+    print(f"  test fine accuracy   {final.get('test_acc', float('nan')):.4f}")
+    print(f"  test coarse accuracy {final.get('test_coarse_acc', float('nan')):.4f}")
+    print(f"  checkpoint  {summary['checkpoint']}")
+    print(f"  metrics     {summary['out']}/metrics.csv (and metrics.jsonl)")
+    print(f"  config      {summary['out']}/config.json, taxonomy.json, summary.json")
+    print(f"  dataset     {summary['dataset']}")
+    print(f"evaluate with: python -m rald_fast.evaluate --checkpoint {summary['checkpoint']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,232 @@
+"""The training loop behind `python -m rald_fast.train`: build, train_one_epoch, evaluate, fit.
+
+SPEC 5: SGD with momentum, step decay of the learning rate, CE + NNLDL. A run directory holds the
+resolved config (config.json), the taxonomy (taxonomy.json), one line of metrics per epoch
+(metrics.jsonl and metrics.csv), `last.pt` (written atomically every epoch) and, once training has
+finished, `summary.json`. Resume restores weights, optimiser, scheduler, RNG states and epoch, and the
+per-epoch batch order and augmentation are seeded from (seed, epoch), so a resumed run continues
+exactly where the interrupted one would have gone.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rald_fast.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from rald_fast.config import Config
+from rald_fast.data.dataset import Split, load_split
+from rald_fast.data.transforms import Preprocess, augment
+from rald_fast.evaluation import compute_metrics, predict_split
+from rald_fast.hierarchy import Taxonomy, load_taxonomy
+from rald_fast.models import RALD, build_model, rald_loss
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot continue (for example a non-finite loss)."""
+
+
+@dataclass
+class Data:
+    taxonomy: Taxonomy
+    train: Split
+    test: Split
+    root: Path
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available")
+    return torch.device(name)
+
+
+def dataset_root(cfg: Config, taxonomy: Taxonomy) -> Path:
+    """Directory holding train.csv / test.csv; synthetic data is generated (or found cached)."""
+    d = cfg.data
+    if d.data == "synthetic":
+        from rald_fast.data.synthetic import SyntheticConfig, generate
+
+        if taxonomy.is_flat:
+            raise ValueError("--data synthetic needs a hierarchical --taxonomy (fine -> coarse)")
+        scfg = SyntheticConfig(image_size=d.image_size, train_per_class=d.synth_train_per_class,
+                               test_per_class=d.synth_test_per_class, flip_prob=d.synth_flip_prob,
+                               seed=d.synth_seed, taxonomy=taxonomy.children())
+        return generate(scfg, Path(d.data_root) if d.data_root else None)
+    if not d.data_root:
+        raise ValueError("--data labelfile needs --data-root DIR holding train.csv and test.csv")
+    return Path(d.data_root)
+
+
+def build_data(cfg: Config) -> Data:
+    taxonomy = load_taxonomy(cfg.data.taxonomy)
+    root = dataset_root(cfg, taxonomy)
+    train = load_split(root / "train.csv", taxonomy, cfg.data.image_size, cfg.run.progress)
+    test = load_split(root / "test.csv", taxonomy, cfg.data.image_size, cfg.run.progress)
+    return Data(taxonomy, train, test, root)
+
+
+def build_optimizer(cfg: Config, model: RALD):
+    o = cfg.optim
+    opt = torch.optim.SGD(model.param_groups(o.lr, o.head_lr_mult), lr=o.lr, momentum=o.momentum,
+                          weight_decay=o.weight_decay)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=o.lr_step, gamma=o.lr_gamma)
+    return opt, sched
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+def train_one_epoch(model: RALD, split: Split, preprocess: Preprocess, optimizer, cfg: Config,
+                    epoch: int, device: torch.device) -> dict:
+    model.train()
+    gen = epoch_generator(cfg.run.seed, epoch)
+    n, bs = len(split), cfg.optim.batch_size
+    order = torch.randperm(n, generator=gen)
+    # ITRR and NNLDL work across the batch: drop a last batch too small to have neighbours
+    starts = [s for s in range(0, n, bs) if min(bs, n - s) >= min(bs, 2)]
+    sums: dict[str, float] = {}
+    correct = seen = 0
+    t0 = time.perf_counter()
+    bar = starts
+    if cfg.run.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(starts, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", unit="batch", leave=False)
+    for step, s in enumerate(bar):
+        idx = order[s:s + bs]
+        x = augment(split.images[idx], gen, hflip=cfg.data.hflip)
+        x, y = preprocess.normalize(x.to(device)), split.labels[idx].to(device)
+        if cfg.run.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = model(x)
+        parts = rald_loss(out, y, cfg.loss, cfg.model.scale)
+        if not torch.isfinite(parts["loss"]):
+            raise TrainingError(f"non-finite loss ({parts['loss'].item()}) at epoch {epoch + 1}, "
+                                f"step {step + 1}: lower --lr (now {cfg.optim.lr}) or check the data")
+        optimizer.zero_grad(set_to_none=True)
+        parts["loss"].backward()
+        optimizer.step()
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + v.item() * len(idx)
+        correct += (out["logits"].argmax(1) == y).sum().item()
+        seen += len(idx)
+        if cfg.run.progress:
+            bar.set_postfix(loss=f"{parts['loss'].item():.3f}")
+    secs = time.perf_counter() - t0
+    metrics = {f"train_{k}": v / seen for k, v in sums.items()}
+    metrics.update(train_acc=correct / seen, train_images_per_s=seen / secs)
+    return metrics
+
+
+def evaluate(model: RALD, data: Data, preprocess: Preprocess, cfg: Config,
+             device: torch.device) -> dict:
+    pred = predict_split(model, data.test, preprocess, cfg.run.eval_batch_size, device, cfg.run.seed)
+    m = compute_metrics(pred["probs"], pred["labels"], data.taxonomy)
+    return {"test_acc": m["accuracy"], "test_coarse_acc": m.get("coarse_accuracy", math.nan),
+            "test_images_per_s": pred["images_per_s"]}
+
+
+def _rng_state() -> dict:
+    """Global torch RNG (dropout); batch order and augmentation use per-epoch generators."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def write_metrics(out: Path, row: dict) -> None:
+    with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(out / "metrics.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def fit(cfg: Config, resume: str | None = None) -> dict:
+    """Train (or continue) a run; returns the summary that is also written to summary.json."""
+    device = resolve_device(cfg.run.device)
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    torch.manual_seed(cfg.run.seed)
+    data = build_data(cfg)
+    preprocess = Preprocess(cfg.data.image_size)
+    model = build_model(cfg, data.taxonomy).to(device)
+    if cfg.run.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer, scheduler = build_optimizer(cfg, model)
+    out = Path(cfg.run.out)
+    start_epoch, best = 0, {"test_acc": -1.0, "epoch": -1}
+    if resume:
+        ckpt = load_checkpoint(resume)
+        check_compatible(ckpt, cfg, data.taxonomy, resume)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        _restore_rng(ckpt["rng"])
+        start_epoch, best = ckpt["epoch"], ckpt["best"]
+        log.info("resumed %s at epoch %d", resume, start_epoch)
+        if (out / "metrics.jsonl").exists():  # keep only the epochs the checkpoint has seen
+            lines = (out / "metrics.jsonl").read_text().splitlines()
+            keep = [x for x in lines if json.loads(x)["epoch"] <= start_epoch]
+            atomic_write_text(out / "metrics.jsonl", "".join(x + "\n" for x in keep))
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+        (out / "summary.json").unlink(missing_ok=True)
+    atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2))
+    atomic_write_text(out / "taxonomy.json", json.dumps(data.taxonomy.to_dict(), indent=2))
+    t_start = time.perf_counter()
+    row: dict = {}
+    for epoch in range(start_epoch, cfg.optim.epochs):
+        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
+        row.update(train_one_epoch(model, data.train, preprocess, optimizer, cfg, epoch, device))
+        scheduler.step()
+        last = epoch + 1 == cfg.optim.epochs
+        if last or (epoch + 1) % cfg.run.eval_every == 0:
+            row.update(evaluate(model, data, preprocess, cfg, device))
+            if row["test_acc"] > best["test_acc"]:
+                best = {"test_acc": row["test_acc"], "epoch": epoch + 1}
+        write_metrics(out, row)
+        log.info("epoch %s", " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                      for k, v in row.items()))
+        save_checkpoint(out / "last.pt", {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "config": cfg.to_dict(),
+            "taxonomy": data.taxonomy.to_dict(), "preprocess": preprocess.to_dict(),
+            "best": best, "rng": _rng_state(), "metrics": row})
+    summary = {"out": str(out), "checkpoint": str(out / "last.pt"), "dataset": str(data.root),
+               "epochs": cfg.optim.epochs, "final": row, "best": best,
+               "train_seconds": time.perf_counter() - t_start, "variant": cfg.variant,
+               "preset": cfg.preset}
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def check_compatible(ckpt: dict, cfg: Config, taxonomy: Taxonomy, path: str) -> None:
+    if ckpt["taxonomy"]["fine"] != list(taxonomy.fine):
+        raise ValueError(f"{path}: checkpoint was trained on taxonomy "
+                         f"{ckpt['taxonomy']['name']!r} ({len(ckpt['taxonomy']['fine'])} fine "
+                         f"labels), this run uses {taxonomy.name!r} ({taxonomy.num_fine})")
+    if ckpt["config"]["model"] != cfg.to_dict()["model"]:
+        raise ValueError(f"{path}: the model options differ from the checkpoint's")

@@ -1,0 +1,29 @@
+"""rald_fast: RALD fine-grained facial expression recognition, fast (see README.md)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="rald_fast",
+    version="0.1.0",
+    description="RALD fine-grained facial expression recognition (Liu et al. 2024): training, "
+                "Triton kernels, export",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["rald_fast", "rald_fast.*"]),
+    package_data={"rald_fast": ["resources/*.txt", "resources/*.md"]},
+    install_requires=[
+        # torch 2.14.1 / torchvision 0.29.1 are what this project tests; 2.11 must import too
+        "torch>=2.11",
+        "torchvision>=0.26",
+        "numpy>=1.26",
+        "pillow>=10",
+        "gensim>=4.3",       # reads word2vec / GloVe files (semantics.py)
+        "pyyaml>=6",         # taxonomy files
+        "tqdm>=4.66",
+        "matplotlib>=3.8",   # confusion matrices and figures
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-benchmark>=4", "scipy>=1.11", "pytest-timeout>=2"],
+    },
+)
