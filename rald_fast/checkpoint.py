@@ -62,10 +62,10 @@ def strip_state_prefixes(state: dict) -> dict:
     return out
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, option: str = "--checkpoint") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"--checkpoint {path}: no such file")
+        raise CheckpointError(f"{option} {path}: no such file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

@@ -33,7 +33,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
         return config_from_args(args)
     from rald_fast.checkpoint import load_checkpoint
 
-    ckpt = load_checkpoint(args.resume)
+    ckpt = load_checkpoint(args.resume, "--resume")
     cfg = Config.from_dict(ckpt["config"])
     given = {k for k in vars(args) if k not in ("resume", "preset", "variant")}
     bad = sorted(given - RESUME_OVERRIDABLE)

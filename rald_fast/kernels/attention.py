@@ -1,0 +1,151 @@
+"""Multi-head attention with an optional hierarchy bias: the one attention op of RALD.
+
+Maths (SPEC 3, paper eq. 4-5 ITRR, 8-10 HLRR, 14-15 LGIFO), per head h, query i, key j:
+
+    logit[h, i, j] = scale * q[h, i] . k[h, j] + b[h, xi[i, j]]     (bias only for HLRR, eq. 8)
+    out[h, i]      = sum_j softmax_j(logit[h, i, :]) v[h, j]
+
+q (H, Lq, Dk), k (H, Lk, Dk), v (H, Lk, Dv): no batch axis, because RALD's tokens are the images of
+the batch (ITRR), the label nodes (HLRR) or both (LGIFO). b is the learnable (H, T) table of the
+Graphormer-style structural bias and xi the (Lq, Lk) integer table of SPEC 3.2 (0 on the diagonal,
+shortest-path distance, sigma = 500 when unreachable; T = sigma + 1).
+
+Backward, with P = softmax(logit), dO = grad of out, delta[i] = sum_d dO[i, d] * out[i, d]:
+
+    dV = P^T dO,  dP = dO V^T,  dS = P * (dP - delta),  dQ = scale * dS K,  dK = scale * dS^T Q,
+    db[h, t] = sum over (i, j) with xi[i, j] == t of dS[h, i, j]
+
+Implementations:
+- `attention_ref`: plain PyTorch in the inputs' dtype; materialises the (H, Lq, Lk) logits. It is
+  the export-safe path (ONNX, TensorRT) and the CPU path.
+- `attention_op`: the custom op `rald_fast::attention_fwd` (+ `rald_fast::attention_bwd`), with fake
+  implementations so torch.compile / torch.export trace it and an autograd registration. It runs
+  the Triton kernels of attention_triton.py on CUDA (or on CPU under TRITON_INTERPRET=1) and an
+  fp32 PyTorch composite of the same forward/backward elsewhere. fp32 accumulation throughout;
+  no double backward.
+Limits of the Triton path: Lk >= 1, head dims <= 256, xi entries in [0, T) (not checked: a device
+sync per call would cost more than the kernel).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ._runtime import HAS_TRITON, can_launch
+
+if HAS_TRITON:
+    from . import attention_triton as _tri
+else:  # pragma: no cover
+    _tri = None
+
+
+def attention_ref(q: Tensor, k: Tensor, v: Tensor, scale: float,
+                  bias_table: Optional[Tensor] = None, xi: Optional[Tensor] = None) -> Tensor:
+    """Reference attention (module docstring), computed in the inputs' dtype; differentiable."""
+    logits = torch.matmul(q, k.transpose(-1, -2)) * scale  # (H, Lq, Lk)
+    if bias_table is not None and xi is not None:
+        logits = logits + bias_table.to(logits.dtype)[:, xi]  # gather b[h, xi[i, j]] (eq. 8)
+    return torch.matmul(torch.softmax(logits, dim=-1), v)  # (H, Lq, Dv)
+
+
+def _logits_fp32(q, k, scale, bias_table, xi):
+    s = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+    if bias_table is not None:
+        s = s + bias_table.float()[:, xi]
+    return s
+
+
+def _fwd_composite(q, k, v, scale, bias_table, xi):
+    """fp32 PyTorch forward returning (out, lse), the op's implementation where Triton cannot run."""
+    s = _logits_fp32(q, k, scale, bias_table, xi)
+    lse = torch.logsumexp(s, dim=-1)  # (H, Lq)
+    out = torch.matmul(torch.exp(s - lse[..., None]), v.float())
+    return out.to(q.dtype), lse
+
+
+def _bwd_composite(q, k, v, out, lse, dout, scale, bias_table, xi):
+    """fp32 PyTorch backward from the saved lse (module docstring's formulas)."""
+    p = torch.exp(_logits_fp32(q, k, scale, bias_table, xi) - lse[..., None])  # (H, Lq, Lk)
+    dout = dout.float()
+    dv = torch.matmul(p.transpose(-1, -2), dout)
+    dp = torch.matmul(dout, v.float().transpose(-1, -2))
+    ds = p * (dp - (dout * out.float()).sum(-1, keepdim=True))
+    dq = torch.matmul(ds, k.float()) * scale
+    dk = torch.matmul(ds.transpose(-1, -2), q.float()) * scale
+    if bias_table is None:
+        dbias = torch.zeros((0, 0), device=q.device, dtype=torch.float32)
+    else:
+        H = q.shape[0]
+        dbias = torch.zeros(bias_table.shape, device=q.device, dtype=torch.float32)
+        dbias.index_add_(1, xi.reshape(-1).long(), ds.reshape(H, -1))
+        dbias = dbias.to(bias_table.dtype)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dbias
+
+
+@torch.library.custom_op("rald_fast::attention_fwd", mutates_args=())
+def _attention_fwd(q: Tensor, k: Tensor, v: Tensor, scale: float, bias_table: Optional[Tensor],
+                   xi: Optional[Tensor], num_splits: int) -> tuple[Tensor, Tensor]:
+    """Returns (out (H, Lq, Dv) in q's dtype, lse (H, Lq) fp32). num_splits 0 = automatic."""
+    if can_launch(q):
+        return _tri.attention_fwd(q, k, v, scale, bias_table, xi, num_splits or None)
+    return _fwd_composite(q, k, v, scale, bias_table, xi)
+
+
+@_attention_fwd.register_fake
+def _(q, k, v, scale, bias_table, xi, num_splits):
+    H, Lq, _ = q.shape
+    return q.new_empty((H, Lq, v.shape[-1])), q.new_empty((H, Lq), dtype=torch.float32)
+
+
+@torch.library.custom_op("rald_fast::attention_bwd", mutates_args=())
+def _attention_bwd(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Tensor,
+                   scale: float, bias_table: Optional[Tensor], xi: Optional[Tensor],
+                   num_splits: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Returns (dq, dk, dv, d bias_table); the last is an empty (0, 0) tensor without bias."""
+    if can_launch(q):
+        return _tri.attention_bwd(q, k, v, out, lse, dout, scale, bias_table, xi, num_splits or None)
+    return _bwd_composite(q, k, v, out, lse, dout, scale, bias_table, xi)
+
+
+@_attention_bwd.register_fake
+def _(q, k, v, out, lse, dout, scale, bias_table, xi, num_splits):
+    # contiguous like the real outputs, whatever the inputs' strides
+    db = bias_table.new_empty(bias_table.shape) if bias_table is not None else q.new_empty((0, 0), dtype=torch.float32)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), db
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, scale, bias_table, xi, num_splits = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, bias_table, xi)
+    ctx.scale, ctx.num_splits = scale, num_splits
+
+
+def _backward(ctx, dout, _dlse):
+    q, k, v, out, lse, bias_table, xi = ctx.saved_tensors
+    dq, dk, dv, db = torch.ops.rald_fast.attention_bwd(
+        q, k, v, out, lse, dout.contiguous(), ctx.scale, bias_table, xi, ctx.num_splits)
+    return dq, dk, dv, None, (db if bias_table is not None else None), None, None
+
+
+_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def attention_op(q: Tensor, k: Tensor, v: Tensor, scale: float, bias_table: Optional[Tensor] = None,
+                 xi: Optional[Tensor] = None, num_splits: int = 0) -> Tensor:
+    """Attention through the custom op (Triton where it can launch, fp32 composite elsewhere).
+
+    Args:
+        q, k, v: (H, Lq, Dk), (H, Lk, Dk), (H, Lk, Dv), one dtype.
+        scale: logit scale (SPEC: lambda = 0.125).
+        bias_table, xi: (H, T) float table and (Lq, Lk) integer index table; both or neither.
+        num_splits: key splits of the forward and dq kernels (0: chosen from the GPU's SM count).
+    """
+    if (bias_table is None) != (xi is None):
+        raise ValueError("attention: pass both bias_table and xi, or neither")
+    if k.shape[1] == 0:
+        raise ValueError("attention: needs at least one key (Lk >= 1)")
+    return torch.ops.rald_fast.attention_fwd(q, k, v, float(scale), bias_table, xi, int(num_splits))[0]

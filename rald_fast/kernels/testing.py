@@ -1,0 +1,85 @@
+"""Test helpers for the kernels (and for model tests that run them): interpreter runs, comparisons.
+
+Triton's CPU interpreter can only be switched on before `triton` is imported (see _runtime.py), so a
+test that needs it either finds the process already interpreting (`interpret_mode()`, the process
+was started with TRITON_INTERPRET=1) or reruns its file in a fresh interpreter process
+(`run_pytest_interpreted`). Both kernel test files do this with a skip marker plus one driver test.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+
+def run_pytest_interpreted(*paths: str, timeout: float = 1200.0) -> tuple[int, str]:
+    """Run pytest on `paths` in a subprocess started with TRITON_INTERPRET=1 (and CUDA hidden, so
+    the subprocess runs only the CPU interpreter tests). Returns (exit code, combined output)."""
+    env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
+    root = Path(__file__).resolve().parents[2]  # repository root: rald_fast/ is importable from it
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH", "")) if p)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider", *paths]
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout,
+                          check=False)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def check_interpreted_run(rc: int, output: str) -> None:
+    """Fail unless the interpreted subprocess passed and actually ran the interpreter tests."""
+    tail = output[-8000:]
+    assert rc == 0, f"interpreted kernel tests failed (exit {rc}):\n{tail}"
+    assert " passed" in output, f"interpreted kernel tests ran nothing:\n{tail}"
+
+
+def seed_everything(seed: int = 0) -> None:
+    """Seed Python, NumPy (when installed) and torch (CPU and CUDA)."""
+    import random
+
+    random.seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed)
+    except ImportError:  # pragma: no cover
+        pass
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def first_mismatch(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float) -> str:
+    """'' when close, else a line naming the first mismatching index and the worst one."""
+    a, e = actual.detach().float().cpu(), expected.detach().float().cpu()
+    if a.shape != e.shape:
+        return f"shape {tuple(a.shape)} != {tuple(e.shape)}"
+    bad = ~torch.isclose(a, e, atol=atol, rtol=rtol, equal_nan=False)
+    if not bad.any():
+        return ""
+    first = tuple(int(i) for i in bad.nonzero()[0])
+    err = (a - e).abs().nan_to_num(float("inf"))
+    worst = tuple(int(i) for i in torch.unravel_index(err.argmax(), err.shape))
+    return (f"{int(bad.sum())}/{bad.numel()} mismatched (atol={atol}, rtol={rtol}); first at {first}: "
+            f"got {a[first].item():.6g}, expected {e[first].item():.6g}; worst at {worst}: "
+            f"got {a[worst].item():.6g}, expected {e[worst].item():.6g}")
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, *, atol: float, rtol: float,
+                 name: str = "tensor") -> None:
+    """torch.allclose with a message that names the first mismatching index."""
+    msg = first_mismatch(actual, expected, atol, rtol)
+    if msg:
+        raise AssertionError(f"{name}: {msg}")
+
+
+def assert_within_ref_error(actual: torch.Tensor, ref_lowp: torch.Tensor, ref_fp32: torch.Tensor, *,
+                            factor: float = 2.0, atol: float = 1e-5, name: str = "tensor") -> None:
+    """Low-precision rule of flash-attention's tests: the kernel's max error against the fp32 truth
+    stays within `factor` times PyTorch's own error in the same precision, plus atol."""
+    truth = ref_fp32.detach().float()
+    err = (actual.detach().float() - truth).abs().max().item()
+    ref_err = (ref_lowp.detach().float() - truth).abs().max().item()
+    if not err <= factor * ref_err + atol:
+        msg = first_mismatch(actual, truth, atol=factor * ref_err + atol, rtol=0.0)
+        raise AssertionError(f"{name}: max error {err:.3g} > {factor} x PyTorch's {ref_err:.3g} + {atol}; {msg}")

@@ -1,0 +1,208 @@
+"""NNLDL neighbour targets (rald_fast.kernels.topk, SPEC 4, eq. 18): streaming Triton vs reference.
+
+Interpreter handling as in test_kernels.py: `interpret` tests run in-process under TRITON_INTERPRET=1,
+else `test_interpreted_in_subprocess` reruns this file in such a process. Indices must match the
+reference exactly (the random data have no near-ties at fp32 resolution; exact ties are built on
+purpose below and must break towards the lower key index). Weights and targets, fp32: the kernel sums
+the head probabilities in another order, a few ulps: atol 1e-6 on weights and D (values <= 1).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rald_fast import kernels
+from rald_fast.kernels import _runtime, neighbour_targets, neighbour_targets_ref, neighbour_targets_triton
+from rald_fast.kernels.testing import assert_close, check_interpreted_run, run_pytest_interpreted, seed_everything
+
+INTERPRETED = kernels.interpret_mode()
+needs_triton = pytest.mark.skipif(not kernels.HAS_TRITON, reason="triton not installed")
+needs_cuda = pytest.mark.skipif(not (torch.cuda.is_available() and kernels.HAS_TRITON) or INTERPRETED,
+                                reason="needs CUDA + triton, compiled (not interpreted)")
+SCALE = 0.125
+TOL = dict(atol=1e-6, rtol=1e-5)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    seed_everything(0)
+
+
+@pytest.fixture
+def interpret():
+    if not INTERPRETED:
+        pytest.skip("triton imported in compiled mode: run by test_interpreted_in_subprocess")
+
+
+@needs_triton
+@pytest.mark.skipif(INTERPRETED, reason="already interpreting in-process")
+def test_interpreted_in_subprocess():
+    check_interpreted_run(*run_pytest_interpreted(__file__))
+
+
+def make(H, N, M, D, C=7, scale_q=1.0, device="cpu", dtype=torch.float32):
+    q = (torch.randn(H, N, D, device=device) * scale_q).to(dtype)
+    k = torch.randn(H, M, D, device=device).to(dtype)
+    p = torch.softmax(torch.randn(M, C, device=device), dim=-1)
+    return q, k, p
+
+
+def assert_same_targets(got, want, tol=TOL):
+    (d, idx, w), (d_ref, idx_ref, w_ref) = got, want
+    assert idx.dtype == torch.long and idx.shape == idx_ref.shape, (idx.shape, idx_ref.shape)
+    bad = (idx != idx_ref).any(dim=1).nonzero()
+    if len(bad):
+        row = int(bad[0])
+        raise AssertionError(f"idx: {len(bad)} rows differ; first row {row}: got {idx[row].tolist()}, "
+                             f"expected {idx_ref[row].tolist()} (weights {w_ref[row].tolist()})")
+    assert_close(w, w_ref, name="w", **tol)
+    assert_close(d, d_ref, name="D", **tol)
+
+
+# (H, N, M, key_offset, exclude_self): the batch as key set (M == N), or a bank holding the batch
+# at key_offset (start, middle, end), or a bank without it (offset out of range, or no exclusion)
+CASES = [
+    (2, 1, 1, 0, True), (2, 2, 2, 0, True), (2, 5, 5, 0, True), (2, 128, 128, 0, True),
+    (2, 5, 5, 0, False), (8, 39, 39, 0, True), (2, 5, 300, 100, True), (2, 128, 1000, 872, True),
+    (2, 2, 3000, 0, True), (2, 1, 7, 3, True), (2, 5, 1000, 2000, True), (2, 7, 300, -3, True),
+    (3, 17, 513, 0, False),
+]
+
+
+@needs_triton
+@pytest.mark.parametrize("topk", [1, 5, 16])
+@pytest.mark.parametrize("H,N,M,offset,exclude", CASES)
+def test_triton_matches_reference(interpret, H, N, M, offset, exclude, topk):
+    q, k, p = make(H, N, M, 40, scale_q=4.0)  # scale_q: peaked relations, as trained ITRR gives
+    kw = dict(exclude_self=exclude, key_offset=offset)
+    assert_same_targets(neighbour_targets_triton(q, k, p, topk, SCALE, **kw),
+                        neighbour_targets_ref(q, k, p, topk, SCALE, **kw))
+
+
+@needs_triton
+@pytest.mark.parametrize("N,M,topk,splits", [(70, 500, 5, 1), (70, 500, 5, 3), (3, 1000, 32, 7), (130, 200, 7, 2)])
+def test_triton_gpu_tiling_and_key_splits(interpret, monkeypatch, N, M, topk, splits):
+    monkeypatch.setattr(_runtime, "INTERPRET_TILE_FACTOR", 1)  # the GPU's 64 x 64 tiles
+    q, k, p = make(2, N, M, 64, scale_q=4.0)
+    assert_same_targets(neighbour_targets_triton(q, k, p, topk, SCALE, key_offset=M - N, num_splits=splits),
+                        neighbour_targets_ref(q, k, p, topk, SCALE, key_offset=M - N))
+
+
+@pytest.mark.parametrize("impl", ["reference", "triton"])
+def test_ties_break_to_lower_index(request, impl):
+    """All relations equal (zero queries): the neighbours are the lowest eligible indices in order."""
+    if impl == "triton":
+        request.getfixturevalue("interpret")
+    fn = neighbour_targets_ref if impl == "reference" else neighbour_targets_triton
+    q, k, p = make(2, 6, 300, 16)
+    q.zero_()
+    d, idx, w = fn(q, k, p, 5, SCALE, key_offset=2)  # row i's self is key i + 2
+    expected = torch.tensor([[j for j in range(7) if j != i + 2][:5] for i in range(6)])
+    assert torch.equal(idx, expected), idx
+    assert_close(w, torch.full_like(w, 0.2), name="w", **TOL)
+    assert_close(d, p[expected].mean(1), name="D", **TOL)
+
+
+@needs_triton
+def test_exact_ties_between_duplicate_keys(interpret):
+    """Integer data make every logit exact; keys duplicated across key blocks tie exactly."""
+    q = torch.randint(-2, 3, (2, 9, 16)).float()
+    k = torch.randint(-2, 3, (2, 600, 16)).float()
+    k[:, 500:560] = k[:, 0:60]  # duplicates in later key blocks must lose the ties
+    k[:, 300:310] = k[:, 290:300]
+    p = torch.softmax(torch.randn(600, 5), -1)
+    got = neighbour_targets_triton(q, k, p, 8, 1.0, exclude_self=False)
+    want = neighbour_targets_ref(q, k, p, 8, 1.0, exclude_self=False)
+    assert_same_targets(got, want)
+
+
+@pytest.mark.parametrize("impl", ["reference", "triton"])
+def test_clamping_and_empty(request, impl):
+    if impl == "triton":
+        request.getfixturevalue("interpret")
+    fn = neighbour_targets_ref if impl == "reference" else neighbour_targets_triton
+    q, k, p = make(2, 5, 5, 16)
+    d, idx, w = fn(q, k, p, 10, SCALE)  # k >= N: all the others (SPEC 4)
+    assert idx.shape == (5, 4) and not (idx == torch.arange(5)[:, None]).any()
+    assert_close(w.sum(1), torch.ones(5), name="sum w", **TOL)
+    assert_close(d.sum(1), torch.ones(5), name="sum D", atol=1e-6, rtol=0)  # p rows are distributions
+    assert fn(q, k, p, 10, SCALE, exclude_self=False)[1].shape == (5, 5)
+    d, idx, w = fn(q[:, :1], k[:, :1], p[:1], 5, SCALE)  # a lone image: no neighbour
+    assert idx.shape == (1, 0) and w.shape == (1, 0) and torch.equal(d, torch.zeros(1, 7))
+
+
+def test_reference_matches_definition():
+    """The reference against eq. (18) written out loop by loop for one row."""
+    q, k, p = make(3, 4, 50, 8)
+    d, idx, w = neighbour_targets_ref(q, k, p, 5, SCALE, key_offset=10)
+    r = torch.softmax(SCALE * q @ k.transpose(1, 2), dim=-1).mean(0)  # (N, M)
+    i = 2
+    r_i = r[i].clone()
+    r_i[i + 10] = -1
+    top = torch.argsort(r_i, descending=True)[:5]
+    assert torch.equal(idx[i], top)
+    assert_close(w[i], r[i, top] / r[i, top].sum(), name="w", **TOL)
+    assert_close(d[i], (r[i, top, None] * p[top]).sum(0) / r[i, top].sum(), name="D", **TOL)
+
+
+@pytest.mark.parametrize("impl", ["reference", "triton"])
+def test_gradients(request, impl):
+    """Triton: no gradient (D is a target). Reference: differentiable, for the loss's nnldl_grad option."""
+    q, k, p = make(2, 5, 5, 16)
+    q.requires_grad_()
+    p.requires_grad_()
+    if impl == "triton":
+        request.getfixturevalue("interpret")
+        d, _, w = neighbour_targets_triton(q, k, p, 3, SCALE)
+        assert not d.requires_grad and not w.requires_grad
+    else:
+        d, _, _ = neighbour_targets_ref(q, k, p, 3, SCALE)
+        d.sum().backward()
+        assert q.grad is not None and p.grad is not None and torch.isfinite(q.grad).all()
+
+
+def test_dispatch(monkeypatch):
+    q, k, p = make(2, 5, 40, 16)
+    monkeypatch.delenv("RALD_FAST_KERNELS", raising=False)
+    monkeypatch.setattr(kernels, "neighbour_targets_triton", lambda *a, **kw: pytest.fail("triton on CPU auto"))
+    assert_same_targets(neighbour_targets(q, k, p, 3, SCALE), neighbour_targets_ref(q, k, p, 3, SCALE))
+    with pytest.raises(ValueError, match=r"\(M, C\)"):
+        neighbour_targets_ref(q, k, p[:5], 3, SCALE)
+    with pytest.raises(ValueError, match="k must be"):
+        neighbour_targets_ref(q, k, p, -1, SCALE)
+
+
+@needs_triton
+def test_env_switch_and_large_k(interpret, monkeypatch):
+    q, k, p = make(2, 5, 100, 16)
+    monkeypatch.setenv("RALD_FAST_KERNELS", "triton")
+    assert_same_targets(neighbour_targets(q, k, p, 5, SCALE), neighbour_targets_ref(q, k, p, 5, SCALE))
+    # k above the register budget: "auto" falls back to the reference, "triton" says why it can't
+    assert neighbour_targets(q, k, p, 40, SCALE)[1].shape == (5, 40)
+    with pytest.raises(ValueError, match="k <= 32"):
+        neighbour_targets(q, k, p, 40, SCALE, backend="triton")
+
+
+# ---------------------------------------------------------------------------------------------------
+# GPU: compiled kernels at RALD's bank size (skipped without CUDA)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("N,M", [(128, 128), (256, 65536), (5, 4099)])
+def test_cuda_matches_reference(dtype, N, M):
+    q, k, p = make(8, N, M, 64, C=33, scale_q=4.0, device="cuda", dtype=dtype)
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    d, idx, w = neighbour_targets(q, k, p, 5, SCALE, key_offset=M - N, backend="triton")
+    extra = torch.cuda.max_memory_allocated() - base
+    d_ref, idx_ref, w_ref = neighbour_targets_ref(q, k, p, 5, SCALE, key_offset=M - N)
+    # O(N k) memory, not O(H N M): allow 1 MiB plus 4 KiB per row for the split candidates
+    assert extra < 2**20 + 4096 * N, f"{extra / 2**20:.1f} MiB extra"
+    # bf16 inputs, fp32 maths on both sides but other summation orders: a rare near-tie may swap
+    assert (idx == idx_ref).all(1).float().mean() >= 0.99
+    same = (idx == idx_ref).all(1)
+    assert_close(d[same], d_ref[same], name="D", atol=1e-4, rtol=1e-3)
+    assert_close(w[same], w_ref[same], name="w", atol=1e-4, rtol=1e-3)
