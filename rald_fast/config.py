@@ -45,16 +45,24 @@ class LossConfig:
 
 @dataclass
 class DataConfig:
-    data: str = "synthetic"     # synthetic | labelfile (a dir with train.csv/test.csv)
-    data_root: Optional[str] = None  # dataset dir (labelfile) or synthetic cache dir
-    taxonomy: str = "fg-emotions"    # built-in name or a JSON/YAML file
+    data: str = "synthetic"     # synthetic | labelfile | rafdb | affectnet | fgemotions | folder
+    data_root: Optional[str] = None  # dataset dir (docs/DATASETS.md) or synthetic cache dir
+    taxonomy: Optional[str] = None   # built-in name or JSON/YAML file; None = the dataset's own
+                                     # (fg-emotions, basic7, affectnet8 or the class folders)
     image_size: int = 64        # network input side; the paper uses 224 on real faces
     synth_train_per_class: int = 60
     synth_test_per_class: int = 20
     synth_flip_prob: float = 0.1     # share of ambiguous (flipped) training labels
     synth_seed: int = 0
+    synth_difficulty: float = 1.0    # scales identity/pose/lighting/occlusion nuisance
     hflip: bool = True          # random horizontal flip during training
-    workers: int = 0            # DataLoader workers (images are decoded once and kept in memory)
+    workers: int = 0            # image decode threads (images are decoded once, kept in memory)
+    train_split: str = "auto"   # split name; auto = train (AffectNet training|train_set)
+    test_split: str = "auto"    # auto = test (or val), AffectNet validation|val_set
+    on_bad_image: str = "auto"  # skip | fail on an undecodable image; auto = skip train, fail test
+    balanced: bool = False      # class-balanced sampling of the training split (AffectNet)
+    affectnet_classes: int = 7  # 7 (drop contempt) or 8; codes 8-10 (none, uncertain, no face) go
+    rafdb_images: str = "aligned"  # aligned (Image/aligned) | original (Image/original, uncropped)
 
 
 @dataclass
@@ -182,8 +190,16 @@ def validate(cfg: Config) -> None:
             raise ValueError(f"--{name} must be >= 1, got {val}")
     if cfg.run.device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"--device must be auto, cpu or cuda, got {cfg.run.device!r}")
-    if cfg.data.data not in ("synthetic", "labelfile"):
-        raise ValueError(f"--data must be synthetic or labelfile, got {cfg.data.data!r}")
+    d = cfg.data
+    datasets = ("synthetic", "labelfile", "rafdb", "affectnet", "fgemotions", "folder")
+    if d.data not in datasets:
+        raise ValueError(f"--data must be one of {', '.join(datasets)}, got {d.data!r}")
+    if d.on_bad_image not in ("auto", "skip", "fail"):
+        raise ValueError(f"--on-bad-image must be auto, skip or fail, got {d.on_bad_image!r}")
+    if d.affectnet_classes not in (7, 8):
+        raise ValueError(f"--affectnet-classes must be 7 or 8, got {d.affectnet_classes}")
+    if d.rafdb_images not in ("aligned", "original"):
+        raise ValueError(f"--rafdb-images must be aligned or original, got {d.rafdb_images!r}")
 
 
 # --- command line ----------------------------------------------------------------------------

@@ -22,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="a training checkpoint (last.pt)")
     p.add_argument("--data-root", help="directory with test.csv (default: the training data)")
     p.add_argument("--taxonomy", help="expected taxonomy; an error if the checkpoint's differs")
-    p.add_argument("--split", default="test", help="label file to read: <split>.csv (default test)")
+    p.add_argument("--split", default="test", choices=["train", "test"],
+                   help="which split of the run's dataset to evaluate (default test)")
     p.add_argument("--batch-size", type=int, help="test batch size (default: the run's)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--out", help="output directory (default: <checkpoint dir>/eval)")
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("gensim").setLevel(logging.WARNING)
     from rald_fast.data.dataset import load_split
+    from rald_fast.data.readers import split_source
     from rald_fast.evaluation import compute_metrics, predict_split
     from rald_fast.hierarchy import load_taxonomy
     from rald_fast.models import load_model
@@ -50,12 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.data_root) if args.data_root else None
     if root is None:
         root = dataset_root(cfg, taxonomy)
-    split = load_split(root / f"{args.split}.csv", taxonomy, preprocess.image_size)
+    source = split_source(cfg.data, taxonomy, args.split, root)
+    split = load_split(source, taxonomy, preprocess.image_size)
     batch = args.batch_size or cfg.run.eval_batch_size
     pred = predict_split(model, split, preprocess, batch, device, cfg.run.seed)
     metrics = compute_metrics(pred["probs"], pred["labels"], taxonomy)
     metrics.update(images_per_s=pred["images_per_s"], batch_size=batch, device=str(device),
-                   checkpoint=str(args.checkpoint), data=str(root / f"{args.split}.csv"))
+                   checkpoint=str(args.checkpoint), data=str(source if isinstance(source, Path) else root))
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
     out.mkdir(parents=True, exist_ok=True)
     name = {Path(args.checkpoint).parent.name or "model": metrics}

@@ -22,7 +22,7 @@ import torch
 
 from rald_fast.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from rald_fast.config import Config
-from rald_fast.data.dataset import Split, load_split
+from rald_fast.data.dataset import Split, epoch_order, load_split
 from rald_fast.data.transforms import Preprocess, augment
 from rald_fast.evaluation import compute_metrics, predict_split
 from rald_fast.hierarchy import Taxonomy, load_taxonomy
@@ -51,29 +51,59 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def dataset_root(cfg: Config, taxonomy: Taxonomy) -> Path:
-    """Directory holding train.csv / test.csv; synthetic data is generated (or found cached)."""
+def dataset_root(cfg: Config, taxonomy: Taxonomy | None) -> Path:
+    """The dataset directory: train.csv / test.csv for synthetic (generated or found cached) and
+    labelfile data, the dataset's own layout for the readers (docs/DATASETS.md)."""
     d = cfg.data
     if d.data == "synthetic":
         from rald_fast.data.synthetic import SyntheticConfig, generate
 
-        if taxonomy.is_flat:
+        if taxonomy is None or taxonomy.is_flat:
             raise ValueError("--data synthetic needs a hierarchical --taxonomy (fine -> coarse)")
         scfg = SyntheticConfig(image_size=d.image_size, train_per_class=d.synth_train_per_class,
                                test_per_class=d.synth_test_per_class, flip_prob=d.synth_flip_prob,
-                               seed=d.synth_seed, taxonomy=taxonomy.children())
+                               seed=d.synth_seed, difficulty=d.synth_difficulty,
+                               taxonomy=taxonomy.children())
         return generate(scfg, Path(d.data_root) if d.data_root else None)
     if not d.data_root:
-        raise ValueError("--data labelfile needs --data-root DIR holding train.csv and test.csv")
-    return Path(d.data_root)
+        what = "holding train.csv and test.csv" if d.data == "labelfile" else \
+            "(its layouts: docs/DATASETS.md)"
+        raise ValueError(f"--data {d.data} needs --data-root DIR {what}")
+    root = Path(d.data_root)
+    if d.data != "labelfile" and not root.is_dir():
+        raise ValueError(f"--data-root {root}: no such directory")
+    return root
 
 
 def build_data(cfg: Config) -> Data:
-    taxonomy = load_taxonomy(cfg.data.taxonomy)
-    root = dataset_root(cfg, taxonomy)
-    train = load_split(root / "train.csv", taxonomy, cfg.data.image_size, cfg.run.progress)
-    test = load_split(root / "test.csv", taxonomy, cfg.data.image_size, cfg.run.progress)
-    return Data(taxonomy, train, test, root)
+    """Taxonomy and decoded train/test splits; bad images, duplicates and skips are reported."""
+    from rald_fast.data.dataset import class_balanced_weights, report_duplicates
+    from rald_fast.data.readers import default_taxonomy, split_source
+
+    d = cfg.data
+    if d.data in ("synthetic", "labelfile"):  # the generator needs the taxonomy first
+        taxonomy = load_taxonomy(d.taxonomy or "fg-emotions")
+        root = dataset_root(cfg, taxonomy)
+    else:
+        root = dataset_root(cfg, None)
+        taxonomy = default_taxonomy(d, root)
+    splits = {}
+    for which in ("train", "test"):
+        policy = d.on_bad_image if d.on_bad_image != "auto" else \
+            ("skip" if which == "train" else "fail")
+        splits[which] = load_split(split_source(d, taxonomy, which, root), taxonomy, d.image_size,
+                                   cfg.run.progress, on_bad_image=policy, workers=d.workers)
+    report_duplicates(splits)
+    skipped = {w: len(s.skipped) for w, s in splits.items() if s.skipped}
+    if skipped:
+        log.warning("data: skipped %s undecodable image(s) (%s)", sum(skipped.values()),
+                    ", ".join(f"{w} {n}" for w, n in skipped.items()))
+    if d.balanced:
+        splits["train"].sample_weights = class_balanced_weights(splits["train"].labels,
+                                                                taxonomy.num_fine)
+    log.info("data %s: %s train / %s test images, taxonomy %s (%d fine labels)", d.data,
+             len(splits["train"]), len(splits["test"]), taxonomy.name, taxonomy.num_fine)
+    return Data(taxonomy, splits["train"], splits["test"], root)
 
 
 def build_optimizer(cfg: Config, model: RALD):
@@ -93,7 +123,7 @@ def train_one_epoch(model: RALD, split: Split, preprocess: Preprocess, optimizer
     model.train()
     gen = epoch_generator(cfg.run.seed, epoch)
     n, bs = len(split), cfg.optim.batch_size
-    order = torch.randperm(n, generator=gen)
+    order = epoch_order(split, gen)  # a permutation, or class-balanced draws (--balanced)
     # ITRR and NNLDL work across the batch: drop a last batch too small to have neighbours
     starts = [s for s in range(0, n, bs) if min(bs, n - s) >= min(bs, 2)]
     sums: dict[str, float] = {}

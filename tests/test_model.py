@@ -6,7 +6,7 @@ import torch
 from rald_fast.config import VARIANTS, make_config
 from rald_fast.hierarchy import fg_emotions, load_taxonomy
 from rald_fast.models import build_model, rald_loss
-from tests.conftest import assert_close
+from rald_fast.kernels.testing import assert_close
 
 TAX = fg_emotions()
 
@@ -43,7 +43,7 @@ def test_itrr_is_permutation_equivariant():
     with torch.no_grad():
         a = model.forward_head(feats)["logits"]
         b = model.forward_head(feats[perm])["logits"]
-    assert_close(b, a[perm], atol=1e-5, rtol=1e-5, what="permuted logits")
+    assert_close(b, a[perm], atol=1e-5, rtol=1e-5, name="permuted logits")
     # and the batch does matter: drop one image and the others change (the paper's batch mode)
     with torch.no_grad():
         c = model.forward_head(feats[:8])["logits"]
@@ -81,7 +81,7 @@ def test_hlrr_attention_equals_manual_biased_softmax():
         attn = logits.softmax(-1) @ v                                      # eq. (10)
         m = blk.w_msa(attn.transpose(0, 1).reshape(h.shape[0], -1))
         expected = blk.norm(m + blk.ffn(m))                                # eq. (12)
-        assert_close(model.label_tokens(), expected, 1e-5, 1e-5, "S~")
+        assert_close(model.label_tokens(), expected, atol=1e-5, rtol=1e-5, name="S~")
 
 
 def test_lgifo_values_are_label_tokens_unprojected():
@@ -96,7 +96,7 @@ def test_lgifo_values_are_label_tokens_unprojected():
         attn = (cfg.model.scale * q @ k.transpose(1, 2)).softmax(-1)      # (h, N, C)
         vals = s.view(s.shape[0], cfg.model.heads, -1).transpose(0, 1)    # S~ split by head
         m = blk.w_msa((attn @ vals).transpose(0, 1).reshape(4, -1))
-        assert_close(blk(x, s), blk.norm(m + blk.ffn(m)), 1e-5, 1e-5, "F^")
+        assert_close(blk(x, s), blk.norm(m + blk.ffn(m)), atol=1e-5, rtol=1e-5, name="F^")
 
 
 def test_label_branch_does_not_depend_on_images():

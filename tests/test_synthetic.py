@@ -96,10 +96,10 @@ def test_parameter_change_gives_new_directory():
 def test_incomplete_directory_is_regenerated(tmp_path):
     d = generate(tiny(), tmp_path)
     (d / "manifest.json").unlink()
-    (d / "train" / "00000.png").write_bytes(b"garbage")
+    (d / "train" / "train_00000.png").write_bytes(b"garbage")
     assert generate(tiny(), tmp_path) == d
     assert (d / "manifest.json").is_file()
-    with Image.open(d / "train" / "00000.png") as im:
+    with Image.open(d / "train" / "train_00000.png") as im:
         assert im.size == (32, 32)
 
 
@@ -121,7 +121,7 @@ def test_flip_prob_one_flips_to_mostly_siblings(tmp_path):
     assert 0.75 < sib < 1.0
     # image pixels do not depend on flip_prob (separate random streams)
     d0 = generate(tiny(flip_prob=0.0, train_per_class=6), tmp_path)
-    assert (d / "train" / "00007.png").read_bytes() == (d0 / "train" / "00007.png").read_bytes()
+    assert (d / "train" / "train_00007.png").read_bytes() == (d0 / "train" / "train_00007.png").read_bytes()
 
 
 def test_prototypes_fixed_by_taxonomy_and_separable():

@@ -1,16 +1,24 @@
-"""Label-file datasets: a CSV of `path,label[,...]` beside the images, decoded once into memory.
+"""One decode path for every dataset: a split's list of files becomes uint8 tensors in memory.
 
-The synthetic data and any dataset written in this layout go through this one reader and decode path:
-PIL decode, conversion to RGB (grayscale, palette and RGBA images included), resize to the model's
-input size, uint8 tensor kept in memory. Labels are fine label names of the taxonomy (or their
-0-based index). Bad input stops with a message naming the file and line.
+The synthetic data, a `path,label` CSV (`--data labelfile`) and the readers of real datasets
+(`readers.py`: RAF-DB, AffectNet, FG-Emotions, class folders) all end here, so training sees the
+same pixels whatever the source: PIL decode, optional face-box crop (AffectNet's CSV boxes),
+conversion to RGB (grayscale, palette and RGBA images included), resize to the model's input size,
+uint8 tensor.
+
+Data hygiene (issue 3): a label outside the taxonomy stops the run naming file and line; an empty
+split is an error; an image that cannot be decoded is reported with its path and reason and either
+stops the run or is skipped and counted (`--on-bad-image`); file names found in both splits are
+reported.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
-from dataclasses import dataclass
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +29,23 @@ from rald_fast.hierarchy import Taxonomy
 
 log = logging.getLogger(__name__)
 
+Box = tuple[float, float, float, float]  # face box (x0, y0, x1, y1) in pixels of the stored image
+BAD_IMAGE_POLICIES = ("skip", "fail")
+
 
 class DataError(ValueError):
     """A dataset file or image that cannot be used."""
+
+
+@dataclass
+class SplitList:
+    """One split as a reader lists it, before decoding: files, fine label indices, face boxes."""
+
+    name: str                            # split name, for messages ("train", "validation", ...)
+    paths: list[Path]
+    labels: list[int]                    # indices into the taxonomy's fine labels
+    boxes: list[Box | None] | None = None  # one per path (None: whole image); None: no crops at all
+    source: str = ""                     # label file or directory the list was read from
 
 
 @dataclass
@@ -33,15 +55,21 @@ class Split:
     images: torch.Tensor
     labels: torch.Tensor
     paths: list[str]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of dropped images
+    sample_weights: torch.Tensor | None = None  # (N,) per-image draw weights (--balanced), or None
 
     def __len__(self) -> int:
         return len(self.labels)
 
 
 def parse_label(value: str, taxonomy: Taxonomy, where: str) -> int:
+    """A fine label given by name (case-insensitive) or by its 0-based index in the taxonomy."""
     value = value.strip()
     if value in taxonomy.fine:
         return taxonomy.fine.index(value)
+    lower = [f.lower() for f in taxonomy.fine]
+    if value.lower() in lower:
+        return lower.index(value.lower())
     if value.isdigit() and int(value) < taxonomy.num_fine:
         return int(value)
     raise DataError(f"{where}: unknown label {value!r}; taxonomy {taxonomy.name!r} has "
@@ -69,28 +97,143 @@ def read_label_file(csv_path: Path, taxonomy: Taxonomy) -> tuple[list[Path], lis
     return paths, labels
 
 
-def decode_image(path: Path, size: int) -> np.ndarray:
-    """(3, size, size) uint8 RGB; raises DataError naming the file."""
+def decode_image(path: Path, size: int, box: Box | None = None) -> np.ndarray:
+    """(3, size, size) uint8 RGB, cropped to `box` first if given; DataError names the file."""
     try:
         with Image.open(path) as im:
+            if box is not None:
+                im = im.crop(_clamp_box(box, im.size, path))
             im = im.convert("RGB")
             if im.size != (size, size):
                 im = im.resize((size, size), Image.BILINEAR)
             return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except DataError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{path}: cannot decode image ({e})") from None
 
 
-def load_split(csv_path: str | Path, taxonomy: Taxonomy, image_size: int,
-               progress: bool = False) -> Split:
-    paths, labels = read_label_file(Path(csv_path), taxonomy)
-    it = paths
+def _clamp_box(box: Box, size: tuple[int, int], path: Path) -> tuple[int, int, int, int]:
+    """Integer box inside the image; a box with (almost) nothing inside it is an error."""
+    w, h = size
+    x0, y0 = max(0, int(np.floor(box[0]))), max(0, int(np.floor(box[1])))
+    x1, y1 = min(w, int(np.ceil(box[2]))), min(h, int(np.ceil(box[3])))
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        raise DataError(f"{path}: face box {tuple(round(float(v), 1) for v in box)} lies outside "
+                        f"the {w}x{h} image")
+    return x0, y0, x1, y1
+
+
+def load_split(source: str | Path | SplitList, taxonomy: Taxonomy, image_size: int,
+               progress: bool = False, on_bad_image: str = "fail", workers: int = 0) -> Split:
+    """Decode a split: `source` is a `path,label` CSV file or a reader's `SplitList`.
+
+    Args:
+        on_bad_image: "fail" stops at the first image that cannot be decoded (path and reason in the
+            message); "skip" logs each one, drops it and logs the count at the end.
+        workers: decode threads (PIL releases the GIL while decoding); 0 decodes in this thread.
+    """
+    if on_bad_image not in BAD_IMAGE_POLICIES:
+        raise ValueError(f"--on-bad-image must be skip or fail, got {on_bad_image!r}")
+    if isinstance(source, SplitList):
+        lst = source
+    else:
+        paths, labels = read_label_file(Path(source), taxonomy)
+        lst = SplitList(Path(source).stem, paths, labels, None, str(source))
+    where = lst.source or lst.name
+    if not lst.paths:
+        raise DataError(f"{where}: split {lst.name!r} is empty (no images)")
+    if len(lst.labels) != len(lst.paths) or (lst.boxes is not None and
+                                             len(lst.boxes) != len(lst.paths)):
+        raise ValueError(f"{where}: paths, labels and boxes differ in length")
+    for p, y in zip(lst.paths, lst.labels):
+        if not 0 <= y < taxonomy.num_fine:
+            raise DataError(f"{p}: label index {y} is outside taxonomy {taxonomy.name!r} "
+                            f"(0..{taxonomy.num_fine - 1})")
+    boxes = lst.boxes if lst.boxes is not None else [None] * len(lst.paths)
+    images = np.empty((len(lst.paths), 3, image_size, image_size), dtype=np.uint8)
+    keep = np.ones(len(lst.paths), dtype=bool)
+    skipped: list[tuple[str, str]] = []
+
+    def decode(i: int):
+        try:
+            images[i] = decode_image(lst.paths[i], image_size, boxes[i])
+            return None
+        except DataError as e:
+            return e
+
+    indices = range(len(lst.paths))
+    pool = ThreadPoolExecutor(workers) if workers > 0 else None
+    results = pool.map(decode, indices) if pool else map(decode, indices)
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(paths, desc=f"decode {Path(csv_path).name}", unit="img", leave=False)
-    images = np.stack([decode_image(p, image_size) for p in it])
-    return Split(torch.from_numpy(images), torch.tensor(labels, dtype=torch.long),
-                 [str(p) for p in paths])
+        results = tqdm(results, total=len(lst.paths), desc=f"decode {lst.name}", unit="img",
+                       leave=False)
+    try:
+        for i, err in enumerate(results):
+            if err is None:
+                continue
+            if on_bad_image == "fail":
+                raise DataError(f"{err} [split {lst.name!r}; --on-bad-image skip drops such "
+                                "images]")
+            keep[i] = False
+            skipped.append((str(lst.paths[i]), str(err)))
+            log.warning("skipping bad image: %s", err)
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
+    if skipped:
+        log.warning("%s: skipped %d of %d images that could not be decoded (--on-bad-image skip)",
+                    lst.name, len(skipped), len(lst.paths))
+        if not keep.any():
+            raise DataError(f"{where}: split {lst.name!r} is empty: every image failed to decode")
+        images = images[keep]
+    labels = torch.tensor(lst.labels, dtype=torch.long)[torch.from_numpy(keep)]
+    paths = [str(p) for p, k in zip(lst.paths, keep) if k]
+    return Split(torch.from_numpy(images), labels, paths, skipped)
+
+
+def report_duplicates(splits: dict[str, Split]) -> list[str]:
+    """Warn about file names found in more than one split (a likely leak); returns the names."""
+    seen: dict[str, set[str]] = {}
+    same_file: set[str] = set()
+    owner: dict[str, str] = {}
+    for name, split in splits.items():
+        for p in split.paths:
+            base = Path(p).name
+            seen.setdefault(base, set()).add(name)
+            resolved = str(Path(p).resolve())
+            if owner.setdefault(resolved, name) != name:
+                same_file.add(resolved)
+    dups = sorted(b for b, s in seen.items() if len(s) > 1)
+    if dups:
+        log.warning("%d file name(s) appear in more than one split (%s), e.g. %s: check that no "
+                    "image is both trained and tested on", len(dups), " and ".join(splits),
+                    ", ".join(dups[:5]))
+    if same_file:
+        log.warning("%d file(s) are in more than one split, e.g. %s", len(same_file),
+                    ", ".join(sorted(same_file)[:3]))
+    return dups
+
+
+def class_balanced_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(N,) weights 1 / count(class): every class is drawn equally often (`--balanced`)."""
+    counts = torch.bincount(labels, minlength=num_classes).double()
+    return (1.0 / counts.clamp(min=1))[labels]
+
+
+def epoch_order(split: Split, generator: torch.Generator) -> torch.Tensor:
+    """Image order of one training epoch: a permutation, or N class-balanced draws with replacement
+    when the split carries sample weights (AffectNet is heavily imbalanced)."""
+    n = len(split)
+    if split.sample_weights is None:
+        return torch.randperm(n, generator=generator)
+    return torch.multinomial(split.sample_weights, n, replacement=True, generator=generator)
+
+
+def class_counts(split: Split, taxonomy: Taxonomy) -> dict[str, int]:
+    counts = Counter(split.labels.tolist())
+    return {taxonomy.fine[i]: counts.get(i, 0) for i in range(taxonomy.num_fine)}

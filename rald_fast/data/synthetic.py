@@ -43,7 +43,7 @@ import numpy as np
 
 from .faces import EXPR_PARAMS, N_PARAMS, render, sample_look
 
-GENERATOR_VERSION = "2"  # bump whenever drawing or sampling changes (invalidates caches)
+GENERATOR_VERSION = "3"  # bump whenever drawing or sampling changes (invalidates caches)
 SPLITS = {"train": 0, "test": 1}
 
 FG_EMOTIONS: dict[str, list[str]] = {
@@ -231,7 +231,7 @@ def _render_range(args) -> list[tuple[int, int, int]]:
     rows = []
     for i in range(lo, hi):
         img, clean, given, _ = render_sample(cfg, split, i, protos)
-        img.save(Path(out_dir) / split / f"{i:05d}.png", format="PNG")
+        img.save(Path(out_dir) / split / f"{split}_{i:05d}.png", format="PNG")
         rows.append((i, clean, given))
     return rows
 
@@ -283,7 +283,7 @@ def generate(cfg: SyntheticConfig, root: Path | None = None, *, force: bool = Fa
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["path", "label", "clean_label"])
         for i, clean, given in sorted(rows[s]):
-            w.writerow([f"{s}/{i:05d}.png", names[given], names[clean]])
+            w.writerow([f"{s}/{s}_{i:05d}.png", names[given], names[clean]])
         _write_atomic(tmp / f"{s}.csv", buf.getvalue())
     manifest = {"version": GENERATOR_VERSION, "digest": final.name, "config": cfg_dict,
                 "counts": {s: len(rows[s]) for s in SPLITS},

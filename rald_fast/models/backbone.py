@@ -3,14 +3,17 @@
 Weights come only from a local file the user names (`--backbone-weights PATH`); nothing is downloaded.
 Accepted files: a torchvision ResNet18 state dict, or the checkpoints FER repositories pass around
 (MS-Celeb-1M ResNet18: a dict holding `state_dict` or `model`, keys prefixed `module.` / `backbone.` /
-`_orig_mod.`, a classifier of another size). Loading never executes code from the file
-(`torch.load(weights_only=True)`).
+`_orig_mod.`, a classifier of another size). What matches by name and shape is loaded; what was
+skipped, had the wrong shape or is missing is reported; a file of which nothing matches is refused.
+Loading never executes code from the file (`torch.load(weights_only=True)`): a pickle that would
+need to is refused with a message naming what it wanted to run.
 """
 
 from __future__ import annotations
 
 import logging
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -55,32 +58,64 @@ def strip_prefixes(state: dict) -> dict:
     return out
 
 
-def load_backbone_weights(net: nn.Module, path: str | Path) -> dict[str, list[str]]:
-    """Load what matches by name and shape; report what was skipped and what is missing."""
+def _unpickler_reason(err: Exception) -> str:
+    """The line of torch's weights_only error that says what stopped it."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    m = re.search(r"WeightsUnpickler error:\s*(.*?)(?: was not an allowed global|\n|$)", text)
+    return m.group(1).strip() if m else text.strip().splitlines()[0]
+
+
+def read_state_dict(path: str | Path) -> dict:
+    """The tensors of a weights file, read without executing code from it (`weights_only`)."""
     path = Path(path)
     if not path.is_file():
         raise BackboneWeightsError(f"--backbone-weights {path}: no such file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        reason = _unpickler_reason(e)
+        if not any(w in reason.lower() for w in ("global", "function", "class", "reduce")):
+            raise BackboneWeightsError(f"--backbone-weights {path}: cannot read, not a PyTorch "
+                                       f"weights file ({reason})") from None
         raise BackboneWeightsError(
-            f"--backbone-weights {path}: refused, the file needs arbitrary code to unpickle "
-            f"({str(e).splitlines()[0]}). Re-save it as a plain state dict "
-            "(torch.save(model.state_dict(), ...)) in a trusted environment.") from None
-    except Exception as e:
+            f"--backbone-weights {path}: refused, loading it would run code from the file "
+            f"({reason}); only plain tensors are read. Re-save it as a state dict "
+            "(torch.save(model.state_dict(), ...)) in an environment you trust.") from None
+    except Exception as e:  # noqa: BLE001 (torch.load raises many types for a foreign file)
         raise BackboneWeightsError(f"--backbone-weights {path}: cannot read ({e})") from None
     state = _unwrap(obj)
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise BackboneWeightsError(f"--backbone-weights {path}: not a state dict of tensors")
-    state = strip_prefixes(state)
+    if not isinstance(state, dict) or not any(torch.is_tensor(v) for v in state.values()):
+        raise BackboneWeightsError(f"--backbone-weights {path}: not a state dict of tensors "
+                                   f"(got {type(state).__name__})")
+    dropped = sorted(str(k) for k, v in state.items() if not torch.is_tensor(v))
+    if dropped:
+        log.info("backbone weights %s: ignoring non-tensor entries %s", path, ", ".join(dropped))
+    return strip_prefixes({k: v for k, v in state.items() if torch.is_tensor(v)})
+
+
+def load_backbone_weights(net: nn.Module, path: str | Path) -> dict[str, list[str]]:
+    """Load what matches by name and shape; report what was skipped and what is missing.
+
+    Returns {"loaded", "skipped" (unexpected names and wrong shapes), "mismatched" (wrong shapes
+    only), "missing"}; refuses a file of which no weight matches (BN step counters do not count).
+    """
+    state = read_state_dict(path)
     own = net.state_dict()
     used = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    mismatched = sorted(k for k in state if k in own and own[k].shape != state[k].shape)
     skipped = sorted(set(state) - set(used))
     missing = sorted(set(own) - set(used))
-    if not used:
-        raise BackboneWeightsError(f"--backbone-weights {path}: no tensor matches a ResNet18 "
-                                   f"(first keys: {list(state)[:5]})")
+    if not any(not k.endswith("num_batches_tracked") for k in used):
+        raise BackboneWeightsError(
+            f"--backbone-weights {path}: no weight matches a ResNet18 by name and shape "
+            f"(first keys: {list(state)[:5]}; shape mismatches: {mismatched[:5]})")
     net.load_state_dict(used, strict=False)
-    log.info("backbone weights %s: loaded %d tensors, skipped %d (%s), missing %d (%s)", path,
-             len(used), len(skipped), ", ".join(skipped[:6]), len(missing), ", ".join(missing[:6]))
-    return {"loaded": sorted(used), "skipped": skipped, "missing": missing}
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in mismatched[:4]]
+    log.info("backbone weights %s: loaded %d of %d tensors; skipped %d (%s)%s", path, len(used),
+             len(own), len(skipped), ", ".join(skipped[:6]) or "none",
+             f"; wrong shape: {'; '.join(shapes)}" if shapes else "")
+    if missing:
+        log.warning("backbone weights %s: %d ResNet18 tensors missing, left at random init: %s",
+                    path, len(missing), ", ".join(missing[:8]))
+    return {"loaded": sorted(used), "skipped": skipped, "mismatched": mismatched,
+            "missing": missing}

@@ -1,0 +1,75 @@
+"""The command lines end to end on a tiny synthetic set, and their messages on bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--preset", "tiny", "--synth-train-per-class", "1", "--synth-test-per-class", "1",
+        "--image-size", "32", "--epochs", "1"]
+
+
+def run(module, *args):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", f"rald_fast.{module}", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli_run")
+    r = run("train", *TINY, "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "checkpoint" in r.stdout and str(out / "last.pt") in r.stdout
+    return out
+
+
+def test_train_then_evaluate(trained, tmp_path):
+    r = run("evaluate", "--checkpoint", str(trained / "last.pt"), "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert 0 <= metrics["accuracy"] <= 1 and metrics["n"] == 33 and metrics["images_per_s"] > 0
+    assert {"coarse_accuracy", "coarse_accuracy_summed", "valence_accuracy"} <= set(metrics)
+    table = (tmp_path / "table1.md").read_text().splitlines()
+    assert table[2].startswith("| valence | pleasant |") and len(table) == 2 + 2 + 6 + 33 + 3
+    rows = (tmp_path / "table1.csv").read_text().splitlines()
+    overall = [r for r in rows if r.startswith("overall,fine accuracy")][0]
+    assert float(overall.split(",")[-1]) == pytest.approx(metrics["accuracy"], abs=1e-6)
+    assert (tmp_path / "confusion.png").stat().st_size > 10_000
+
+
+def test_help_is_true():
+    r = run("train", "--help")
+    assert r.returncode == 0 and "--variant" in r.stdout and "--nnldl" in r.stdout
+    assert "--lr-gamma" in r.stdout and "--weight-decay" in r.stdout and "--k " in r.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--variant", "zz"], "invalid choice: 'zz'"),
+    (["--device", "tpu"], "--device must be auto, cpu or cuda"),
+    (["--no-itrr", "--variant", "rald"], "--nnldl needs --itrr"),
+    (["--taxonomy", "nope.yaml"], "--taxonomy 'nope.yaml'"),
+    (["--backbone-weights", "missing.pth"], "--backbone-weights missing.pth: no such file"),
+    (["--label-vectors", "missing.txt"], "missing.txt"),
+    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--resume", "missing.pt"], "--resume missing.pt: no such file"),
+])
+def test_bad_train_options(args, message):
+    r = run("train", *TINY, *args)
+    assert r.returncode != 0
+    assert message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_checkpoint_from_another_taxonomy(trained):
+    r = run("evaluate", "--checkpoint", str(trained / "last.pt"), "--taxonomy", "basic7")
+    assert r.returncode == 2 and "trained on taxonomy 'fg-emotions', not 'basic7'" in r.stderr
+
+
+def test_resume_refuses_model_changes(trained):
+    r = run("train", "--resume", str(trained / "last.pt"), "--heads", "4")
+    assert r.returncode == 2 and "only --device" in r.stderr

@@ -1,0 +1,112 @@
+"""The training loop: resume is exact, checkpoints are atomic, bad data stops with a clear message."""
+
+import json
+
+import pytest
+import torch
+
+from rald_fast.checkpoint import CheckpointError, atomic_write, load_checkpoint
+from rald_fast.config import make_config
+from rald_fast.data.dataset import DataError
+from rald_fast.training import TrainingError, fit
+
+TINY = dict(synth_train_per_class=1, synth_test_per_class=1, batch_size=16, eval_batch_size=16,
+            image_size=32, progress=False)
+
+
+def tiny_cfg(out, **kw):
+    return make_config("tiny", "rald", out=str(out), **{**TINY, **kw})
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    fit(tiny_cfg(tmp_path / "straight", epochs=2))
+    fit(tiny_cfg(tmp_path / "cut", epochs=1))
+    cfg = tiny_cfg(tmp_path / "cut", epochs=2)
+    fit(cfg, resume=str(tmp_path / "cut" / "last.pt"))
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")
+    b = load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert a["epoch"] == b["epoch"] == 2
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    rows = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+
+
+def test_run_directory_is_complete(tmp_path):
+    summary = fit(tiny_cfg(tmp_path, epochs=1))
+    for name in ("config.json", "taxonomy.json", "metrics.jsonl", "metrics.csv", "last.pt",
+                 "summary.json"):
+        assert (tmp_path / name).is_file(), name
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert {"model", "optimizer", "scheduler", "epoch", "config", "taxonomy", "preprocess",
+            "best", "version"} <= set(ckpt)
+    assert summary["final"]["test_acc"] >= 0
+    assert json.loads((tmp_path / "config.json").read_text())["variant"] == "rald"
+
+
+def test_non_finite_loss_stops_and_leaves_no_summary(tmp_path):
+    with pytest.raises(TrainingError, match="non-finite loss.*--lr"):
+        fit(tiny_cfg(tmp_path, epochs=3, lr=1e30))
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_atomic_write_leaves_old_file_on_crash(tmp_path):
+    path = tmp_path / "x.pt"
+    atomic_write(path, lambda f: f.write(b"old"))
+
+    def crash(f):
+        f.write(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        atomic_write(path, crash)
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]
+
+
+def test_corrupt_checkpoint_is_refused(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="bad.pt"):
+        load_checkpoint(bad)
+
+
+def write_labelfile_dataset(root, rows, test_rows=None):
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    for split, lines in (("train", rows), ("test", test_rows or rows)):
+        text = "path,label\n"
+        for name, label in lines:
+            if not (root / name).exists():
+                Image.new("RGB", (20, 20), (120, 80, 60)).save(root / name)
+            text += f"{name},{label}\n"
+        (root / f"{split}.csv").write_text(text)
+
+
+def test_unknown_label_names_file_and_line(tmp_path):
+    write_labelfile_dataset(tmp_path / "d", [("a.png", "panic"), ("b.png", "joyful")])
+    with pytest.raises(DataError, match=r"train\.csv:3: unknown label 'joyful'"):
+        fit(tiny_cfg(tmp_path / "run", data="labelfile", data_root=str(tmp_path / "d")))
+
+
+def test_missing_and_corrupt_images_are_named(tmp_path):
+    d = tmp_path / "d"
+    write_labelfile_dataset(d, [("a.png", "panic"), ("b.png", "worry")])
+    (d / "b.png").write_bytes(b"garbage")
+    with pytest.raises(DataError, match=r"b\.png: cannot decode image"):
+        fit(tiny_cfg(tmp_path / "run", data="labelfile", data_root=str(d)))
+    (d / "b.png").unlink()
+    with pytest.raises(DataError, match=r"b\.png: image file not found"):
+        fit(tiny_cfg(tmp_path / "run", data="labelfile", data_root=str(d)))
+
+
+def test_grayscale_and_rgba_images_are_converted(tmp_path):
+    from PIL import Image
+
+    from rald_fast.data.dataset import decode_image
+
+    Image.new("L", (10, 12), 7).save(tmp_path / "g.png")
+    Image.new("RGBA", (10, 12), (1, 2, 3, 4)).save(tmp_path / "a.png")
+    assert decode_image(tmp_path / "g.png", 16).shape == (3, 16, 16)
+    assert decode_image(tmp_path / "a.png", 16).shape == (3, 16, 16)
