@@ -30,7 +30,8 @@ class ModelConfig:
     hlrr: bool = True                       # hierarchy-aware label relations, eqs. (8)-(12)
     lgifo: bool = True                      # label-guided image features, eqs. (13)-(17)
     hierarchy_bias: bool = True             # b[xi] in eq. (8); off for RALD-L (flat labels)
-    input_residual: bool = False            # add the block input to M (the paper adds none)
+    input_residual: bool = True             # add the block input to M; the paper adds none, and
+                                            # without it RALD does not train (docs/DESIGN.md)
     dropout: float = 0.1                    # FFN dropout inside the attention blocks
     label_vectors: Optional[str] = None     # word2vec/GloVe file; None = bundled en_core_web_md
 
@@ -41,6 +42,7 @@ class LossConfig:
     k: int = 5                  # neighbours per image (Fig. 6)
     nnldl_weight: float = 1.0   # weight of L_KL in L = CE + L_KL (eq. 21 uses 1)
     nnldl_grad: bool = False    # let gradients flow through the target D (SPEC 4: stop-gradient)
+    nnldl_bank: int = 0         # also draw neighbours from the last M training images (0: batch only)
 
 
 @dataclass
@@ -74,7 +76,7 @@ class OptimConfig:
     weight_decay: float = 5e-3  # reading of "衰减系数为5e-3": see docs/DESIGN.md
     lr_step: int = 100          # decay the lr every lr_step epochs
     lr_gamma: float = 0.1       # multiplicative lr decay
-    head_lr_mult: float = 1.0   # lr multiplier of everything but the backbone
+    attn_lr_mult: float = 1.0   # lr multiplier of ITRR/HLRR/LGIFO and the label projection
 
 
 @dataclass
@@ -123,8 +125,9 @@ SCHEDULES: dict[str, dict[str, Any]] = {
     "paper": dict(epochs=300, batch_size=128, lr=0.01, lr_step=100, lr_gamma=0.1,
                   weight_decay=5e-3, image_size=224),
     # the no-argument run: synthetic data, 2-core CPU, a few minutes (README gives the numbers)
-    "quick": dict(epochs=12, batch_size=64, lr=0.02, lr_step=8, lr_gamma=0.1, weight_decay=5e-4,
-                  image_size=64, eval_every=4, eval_batch_size=64),
+    "quick": dict(epochs=14, batch_size=64, lr=0.05, lr_step=10, lr_gamma=0.1, weight_decay=5e-4,
+                  attn_lr_mult=0.1, image_size=48, synth_difficulty=0.5, eval_every=7,
+                  eval_batch_size=64),
     # for tests: seconds
     "tiny": dict(epochs=2, batch_size=16, image_size=32, synth_train_per_class=3,
                  synth_test_per_class=2, eval_batch_size=16, progress=False),
@@ -181,6 +184,8 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"--dim {m.dim} must be divisible by --heads {m.heads}")
     if lo.nnldl and not m.itrr:
         raise ValueError("--nnldl needs --itrr: NNLDL ranks neighbours by ITRR's relation R_v")
+    if lo.nnldl_bank < 0:
+        raise ValueError(f"--nnldl-bank must be >= 0, got {lo.nnldl_bank}")
     if lo.k < 1:
         raise ValueError(f"--k must be >= 1, got {lo.k}")
     if m.hlrr and not m.lgifo:

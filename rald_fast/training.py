@@ -26,7 +26,7 @@ from rald_fast.data.dataset import Split, epoch_order, load_split
 from rald_fast.data.transforms import Preprocess, augment
 from rald_fast.evaluation import compute_metrics, predict_split
 from rald_fast.hierarchy import Taxonomy, load_taxonomy
-from rald_fast.models import RALD, build_model, rald_loss
+from rald_fast.models import RALD, NeighbourBank, build_model, rald_loss
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def build_data(cfg: Config) -> Data:
 
 def build_optimizer(cfg: Config, model: RALD):
     o = cfg.optim
-    opt = torch.optim.SGD(model.param_groups(o.lr, o.head_lr_mult), lr=o.lr, momentum=o.momentum,
+    opt = torch.optim.SGD(model.param_groups(o.lr, o.attn_lr_mult), lr=o.lr, momentum=o.momentum,
                           weight_decay=o.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=o.lr_step, gamma=o.lr_gamma)
     return opt, sched
@@ -119,7 +119,7 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 def train_one_epoch(model: RALD, split: Split, preprocess: Preprocess, optimizer, cfg: Config,
-                    epoch: int, device: torch.device) -> dict:
+                    epoch: int, device: torch.device, bank: NeighbourBank | None = None) -> dict:
     model.train()
     gen = epoch_generator(cfg.run.seed, epoch)
     n, bs = len(split), cfg.optim.batch_size
@@ -141,7 +141,7 @@ def train_one_epoch(model: RALD, split: Split, preprocess: Preprocess, optimizer
         if cfg.run.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         out = model(x)
-        parts = rald_loss(out, y, cfg.loss, cfg.model.scale)
+        parts = rald_loss(out, y, cfg.loss, cfg.model.scale, bank)
         if not torch.isfinite(parts["loss"]):
             raise TrainingError(f"non-finite loss ({parts['loss'].item()}) at epoch {epoch + 1}, "
                                 f"step {step + 1}: lower --lr (now {cfg.optim.lr}) or check the data")
@@ -207,6 +207,7 @@ def fit(cfg: Config, resume: str | None = None) -> dict:
     optimizer, scheduler = build_optimizer(cfg, model)
     out = Path(cfg.run.out)
     start_epoch, best = 0, {"test_acc": -1.0, "epoch": -1}
+    bank = NeighbourBank(cfg.loss.nnldl_bank) if cfg.loss.nnldl and cfg.loss.nnldl_bank else None
     if resume:
         ckpt = load_checkpoint(resume)
         check_compatible(ckpt, cfg, data.taxonomy, resume)
@@ -214,6 +215,8 @@ def fit(cfg: Config, resume: str | None = None) -> dict:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         _restore_rng(ckpt["rng"])
+        if bank is not None:
+            bank.load_state_dict(ckpt["bank"])
         start_epoch, best = ckpt["epoch"], ckpt["best"]
         log.info("resumed %s at epoch %d", resume, start_epoch)
         if (out / "metrics.jsonl").exists():  # keep only the epochs the checkpoint has seen
@@ -230,7 +233,8 @@ def fit(cfg: Config, resume: str | None = None) -> dict:
     row: dict = {}
     for epoch in range(start_epoch, cfg.optim.epochs):
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
-        row.update(train_one_epoch(model, data.train, preprocess, optimizer, cfg, epoch, device))
+        row.update(train_one_epoch(model, data.train, preprocess, optimizer, cfg, epoch, device,
+                                   bank))
         scheduler.step()
         last = epoch + 1 == cfg.optim.epochs
         if last or (epoch + 1) % cfg.run.eval_every == 0:
@@ -244,7 +248,8 @@ def fit(cfg: Config, resume: str | None = None) -> dict:
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "config": cfg.to_dict(),
             "taxonomy": data.taxonomy.to_dict(), "preprocess": preprocess.to_dict(),
-            "best": best, "rng": _rng_state(), "metrics": row})
+            "best": best, "rng": _rng_state(), "metrics": row,
+            "bank": bank.state_dict() if bank is not None else None})
     summary = {"out": str(out), "checkpoint": str(out / "last.pt"), "dataset": str(data.root),
                "epochs": cfg.optim.epochs, "final": row, "best": best,
                "train_seconds": time.perf_counter() - t_start, "variant": cfg.variant,

@@ -78,3 +78,28 @@ def test_fewer_than_k_plus_one_images_uses_all_others():
 def test_single_image_has_no_neighbour():
     q, k = torch.randn(1, 1, 4), torch.randn(1, 1, 4)
     assert nnldl_loss(torch.randn(1, 3), q, k, 1.0, LossConfig()).item() == 0.0
+
+
+def test_bank_is_fifo_newest_first_and_capped():
+    from rald_fast.models import NeighbourBank
+
+    bank = NeighbourBank(3)
+    bank.push(torch.zeros(2, 2, 4), torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    bank.push(torch.ones(2, 2, 4), torch.tensor([[0.5, 0.5], [0.2, 0.8]]))
+    assert len(bank) == 3 and bank.keys.shape == (2, 3, 4)
+    assert torch.equal(bank.preds, torch.tensor([[0.5, 0.5], [0.2, 0.8], [1.0, 0.0]]))
+    assert torch.equal(bank.keys[:, 2], torch.zeros(2, 4))
+
+
+def test_bank_supplies_neighbours_to_a_single_image():
+    from rald_fast.models import NeighbourBank
+
+    bank = NeighbourBank(4)
+    # bank keys e0, e1; the query relates more to e1
+    bank.push(torch.eye(2).unsqueeze(0), torch.tensor([[0.9, 0.1], [0.3, 0.7]]))
+    q, k = torch.tensor([[[0.0, 2.0]]]), torch.tensor([[[5.0, 5.0]]])  # own key: self, excluded
+    p = torch.tensor([[0.6, 0.4]])
+    loss = nnldl_loss(p.log(), q, k, 1.0, LossConfig(k=1), bank)
+    d = torch.tensor([[0.3, 0.7]])
+    assert loss.item() == pytest.approx((-(d * p.log()).sum() / 2).item(), rel=1e-6)
+    assert len(bank) == 3 and torch.allclose(bank.preds[0], p[0])   # the batch was pushed

@@ -70,8 +70,9 @@ def test_hlrr_bias_is_looked_up_from_xi():
     assert (table.grad[:, ~used] == 0).all() and (table.grad[:, used] != 0).any()
 
 
-def test_hlrr_attention_equals_manual_biased_softmax():
-    model, cfg = tiny_model("rald")
+@pytest.mark.parametrize("residual", [True, False])
+def test_hlrr_attention_equals_manual_biased_softmax(residual):
+    model, cfg = tiny_model("rald", input_residual=residual)
     blk = model.hlrr
     with torch.no_grad():
         h = model.label_proj(model.label_vectors)                         # (C, D)
@@ -80,12 +81,14 @@ def test_hlrr_attention_equals_manual_biased_softmax():
         logits = cfg.model.scale * q @ k.transpose(1, 2) + model.bias_table[:, model.xi]
         attn = logits.softmax(-1) @ v                                      # eq. (10)
         m = blk.w_msa(attn.transpose(0, 1).reshape(h.shape[0], -1))
+        m = m + h if residual else m                                       # paper: no residual
         expected = blk.norm(m + blk.ffn(m))                                # eq. (12)
         assert_close(model.label_tokens(), expected, atol=1e-5, rtol=1e-5, name="S~")
 
 
-def test_lgifo_values_are_label_tokens_unprojected():
-    model, cfg = tiny_model("rald")
+@pytest.mark.parametrize("residual", [True, False])
+def test_lgifo_values_are_label_tokens_unprojected(residual):
+    model, cfg = tiny_model("rald", input_residual=residual)
     blk = model.lgifo
     assert isinstance(blk.w_v, torch.nn.Identity)                         # eq. (13): V~_s = S~
     model.eval()
@@ -96,6 +99,7 @@ def test_lgifo_values_are_label_tokens_unprojected():
         attn = (cfg.model.scale * q @ k.transpose(1, 2)).softmax(-1)      # (h, N, C)
         vals = s.view(s.shape[0], cfg.model.heads, -1).transpose(0, 1)    # S~ split by head
         m = blk.w_msa((attn @ vals).transpose(0, 1).reshape(4, -1))
+        m = m + x if residual else m
         assert_close(blk(x, s), blk.norm(m + blk.ffn(m)), atol=1e-5, rtol=1e-5, name="F^")
 
 
@@ -127,3 +131,16 @@ def test_training_steps_reduce_the_loss():
         opt.step()
         losses.append(parts["loss"].item())
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_param_groups_slow_down_the_attention_side_only():
+    model, _ = tiny_model("rald")
+    fast, slow = model.param_groups(1.0, 0.1)
+    assert slow["lr"] == 0.1 and fast["lr"] == 1.0
+    slow_ids = {id(p) for p in slow["params"]}
+    assert id(model.bias_table) in slow_ids and id(model.head.weight) in slow_ids
+    assert all(id(p) not in slow_ids for p in model.backbone.parameters())
+    assert len(fast["params"]) + len(slow["params"]) == len(list(model.parameters()))
+    base, _ = tiny_model("a")
+    (only,) = base.param_groups(1.0, 0.1)
+    assert only["lr"] == 1.0 and len(only["params"]) == len(list(base.parameters()))

@@ -18,10 +18,11 @@ def tiny_cfg(out, **kw):
     return make_config("tiny", "rald", out=str(out), **{**TINY, **kw})
 
 
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
-    fit(tiny_cfg(tmp_path / "straight", epochs=2))
-    fit(tiny_cfg(tmp_path / "cut", epochs=1))
-    cfg = tiny_cfg(tmp_path / "cut", epochs=2)
+@pytest.mark.parametrize("bank", [0, 24])
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, bank):
+    fit(tiny_cfg(tmp_path / "straight", epochs=2, nnldl_bank=bank))
+    fit(tiny_cfg(tmp_path / "cut", epochs=1, nnldl_bank=bank))
+    cfg = tiny_cfg(tmp_path / "cut", epochs=2, nnldl_bank=bank)
     fit(cfg, resume=str(tmp_path / "cut" / "last.pt"))
     a = load_checkpoint(tmp_path / "straight" / "last.pt")
     b = load_checkpoint(tmp_path / "cut" / "last.pt")

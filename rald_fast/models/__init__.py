@@ -6,10 +6,10 @@ import torch
 
 from rald_fast.config import Config
 from rald_fast.hierarchy import Taxonomy
-from rald_fast.models.losses import nnldl_loss, rald_loss
+from rald_fast.models.losses import NeighbourBank, nnldl_loss, rald_loss
 from rald_fast.models.rald import RALD
 
-__all__ = ["RALD", "build_model", "nnldl_loss", "rald_loss"]
+__all__ = ["RALD", "NeighbourBank", "build_model", "load_model", "nnldl_loss", "rald_loss"]
 
 
 def build_model(cfg: Config, taxonomy: Taxonomy) -> RALD:

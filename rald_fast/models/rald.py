@@ -86,11 +86,22 @@ class RALD(nn.Module):
     def forward(self, images: torch.Tensor) -> dict:
         return self.forward_head(self.forward_features(images))
 
-    def param_groups(self, lr: float, head_lr_mult: float) -> list[dict]:
-        backbone = list(self.backbone.parameters())
-        ids = {id(p) for p in backbone}
-        rest = [p for p in self.parameters() if id(p) not in ids and p.requires_grad]
-        return [{"params": backbone, "lr": lr}, {"params": rest, "lr": lr * head_lr_mult}]
+    def param_groups(self, lr: float, attn_lr_mult: float) -> list[dict]:
+        """The backbone at `lr`; the attention modules, the label projection, the bias table and,
+        when any of them exists, the fine head that reads their LayerNorm'd output (norm about
+        sqrt(D)) at `lr * attn_lr_mult`: plain SGD at the backbone's rate makes those logits blow up
+        (docs/DESIGN.md). A bare ResNet18 (Table 3 a) trains its head at `lr` as usual."""
+        attn = [m for m in (self.itrr, self.hlrr, self.lgifo, getattr(self, "label_proj", None))
+                if m is not None]
+        ids = {id(p) for m in attn for p in m.parameters()}
+        if getattr(self, "bias_table", None) is not None:
+            ids.add(id(self.bias_table))
+        if attn:
+            ids |= {id(p) for p in self.head.parameters()}
+        slow = [p for p in self.parameters() if id(p) in ids]
+        fast = [p for p in self.parameters() if id(p) not in ids]
+        groups = [{"params": fast, "lr": lr}, {"params": slow, "lr": lr * attn_lr_mult}]
+        return [g for g in groups if g["params"]]
 
     def has_module(self, name: str) -> bool:
         """Which of itrr / hlrr / lgifo / hierarchy_bias this instance really has."""
