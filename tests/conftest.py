@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from rald_fast import kernels
 from rald_fast.kernels.testing import seed_everything
 
 
@@ -26,3 +27,11 @@ def synthetic_cache(tmp_path_factory):
         os.environ.pop("RALD_FAST_CACHE", None)
     else:
         os.environ["RALD_FAST_CACHE"] = old
+
+
+@pytest.fixture
+def interpret():
+    """Kernel tests that need Triton's interpreter: in-process when pytest runs with
+    TRITON_INTERPRET=1, else skipped here and rerun by each file's test_interpreted_in_subprocess."""
+    if not kernels.interpret_mode():
+        pytest.skip("triton imported in compiled mode: run by test_interpreted_in_subprocess")

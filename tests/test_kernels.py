@@ -26,7 +26,6 @@ from rald_fast.kernels.testing import (
     assert_within_ref_error,
     check_interpreted_run,
     run_pytest_interpreted,
-    seed_everything,
 )
 
 INTERPRETED = kernels.interpret_mode()
@@ -36,17 +35,6 @@ needs_cuda = pytest.mark.skipif(not (torch.cuda.is_available() and kernels.HAS_T
 SCALE = 0.125  # SPEC: lambda = 1/sqrt(64)
 FP32_TOL = dict(atol=1e-5, rtol=1e-4)
 DBIAS_TOL = dict(atol=1e-4, rtol=1e-4)
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    seed_everything(0)
-
-
-@pytest.fixture
-def interpret():
-    if not INTERPRETED:
-        pytest.skip("triton imported in compiled mode: run by test_interpreted_in_subprocess")
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import torch
 
 from rald_fast import kernels
 from rald_fast.kernels import _runtime, neighbour_targets, neighbour_targets_ref, neighbour_targets_triton
-from rald_fast.kernels.testing import assert_close, check_interpreted_run, run_pytest_interpreted, seed_everything
+from rald_fast.kernels.testing import assert_close, check_interpreted_run, run_pytest_interpreted
 
 INTERPRETED = kernels.interpret_mode()
 needs_triton = pytest.mark.skipif(not kernels.HAS_TRITON, reason="triton not installed")
@@ -22,17 +22,6 @@ needs_cuda = pytest.mark.skipif(not (torch.cuda.is_available() and kernels.HAS_T
                                 reason="needs CUDA + triton, compiled (not interpreted)")
 SCALE = 0.125
 TOL = dict(atol=1e-6, rtol=1e-5)
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    seed_everything(0)
-
-
-@pytest.fixture
-def interpret():
-    if not INTERPRETED:
-        pytest.skip("triton imported in compiled mode: run by test_interpreted_in_subprocess")
 
 
 @needs_triton

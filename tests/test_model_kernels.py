@@ -18,12 +18,6 @@ from rald_fast.models import build_model, rald_loss
 INTERPRETED = kernels.interpret_mode()
 
 
-@pytest.fixture
-def interpret():
-    if not INTERPRETED:
-        pytest.skip("triton imported in compiled mode: run by test_interpreted_in_subprocess")
-
-
 def tiny(variant="rald"):
     seed_everything(0)
     cfg = make_config("tiny", variant, dropout=0.0, k=3)
