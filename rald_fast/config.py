@@ -125,7 +125,7 @@ SCHEDULES: dict[str, dict[str, Any]] = {
     "paper": dict(epochs=300, batch_size=128, lr=0.01, lr_step=100, lr_gamma=0.1,
                   weight_decay=5e-3, image_size=224),
     # the no-argument run: synthetic data, 2-core CPU, a few minutes (README gives the numbers)
-    "quick": dict(epochs=14, batch_size=64, lr=0.05, lr_step=10, lr_gamma=0.1, weight_decay=5e-4,
+    "quick": dict(epochs=14, batch_size=64, lr=0.05, lr_step=10, lr_gamma=0.1, weight_decay=5e-3,
                   attn_lr_mult=0.1, image_size=48, synth_difficulty=0.5, eval_every=7,
                   eval_batch_size=64),
     # for tests: seconds
