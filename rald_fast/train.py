@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def resolve_config(args: argparse.Namespace) -> Config:
+def resolve_config(args: argparse.Namespace, argv: list[str]) -> Config:
     if not args.resume:
         return config_from_args(args)
     from rald_fast.checkpoint import load_checkpoint
@@ -37,7 +37,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
     cfg = Config.from_dict(ckpt["config"])
     given = {k for k in vars(args) if k not in ("resume", "preset", "variant")}
     bad = sorted(given - RESUME_OVERRIDABLE)
-    if bad or "--preset" in sys.argv or "--variant" in sys.argv:
+    if bad or "--preset" in argv or "--variant" in argv:
         raise ValueError("--resume continues the saved config; only "
                          f"{', '.join('--' + k.replace('_', '-') for k in sorted(RESUME_OVERRIDABLE))}"
                          f" may change (got {', '.join(bad) or '--preset/--variant'})")
@@ -48,8 +48,9 @@ def resolve_config(args: argparse.Namespace) -> Config:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    cfg = resolve_config(args)
+    cfg = resolve_config(args, argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("gensim").setLevel(logging.WARNING)
     from rald_fast.training import fit
