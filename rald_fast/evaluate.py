@@ -25,6 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "test"],
                    help="which split of the run's dataset to evaluate (default test)")
     p.add_argument("--batch-size", type=int, help="test batch size (default: the run's)")
+    p.add_argument("--itrr-mode", default="batch", choices=["batch", "bank", "self"],
+                   help="ITRR context at test time: batch (the paper: the test batch), bank (the "
+                        "checkpoint's reference bank + the image itself), self (the image only); "
+                        "bank and self do not depend on batch-mates (default batch)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--out", help="output directory (default: <checkpoint dir>/eval)")
     return p
@@ -55,9 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     source = split_source(cfg.data, taxonomy, args.split, root)
     split = load_split(source, taxonomy, preprocess.image_size)
     batch = args.batch_size or cfg.run.eval_batch_size
-    pred = predict_split(model, split, preprocess, batch, device, cfg.run.seed)
+    if args.itrr_mode == "bank" and model.itrr is not None and model.itrr_bank is None:
+        raise ValueError(f"--itrr-mode bank: {args.checkpoint} holds no reference bank; build one with "
+                         f"`python -m rald_fast.bank --checkpoint {args.checkpoint}`")
+    pred = predict_split(model, split, preprocess, batch, device, cfg.run.seed, args.itrr_mode,
+                         model.itrr_bank)
     metrics = compute_metrics(pred["probs"], pred["labels"], taxonomy)
     metrics.update(images_per_s=pred["images_per_s"], batch_size=batch, device=str(device),
+                   itrr_mode=args.itrr_mode,
                    checkpoint=str(args.checkpoint), data=str(source if isinstance(source, Path) else root))
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
     out.mkdir(parents=True, exist_ok=True)
@@ -71,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     if "coarse_accuracy" in metrics:
         print(f"coarse accuracy {100 * metrics['coarse_accuracy']:.2f}% (parent of fine), "
               f"{100 * metrics['coarse_accuracy_summed']:.2f}% (summed probability)")
-    print(f"images/s        {metrics['images_per_s']:.1f} (batch {batch}, {device})")
+    print(f"images/s        {metrics['images_per_s']:.1f} (batch {batch}, {device}, ITRR mode {args.itrr_mode})")
     print(f"wrote {out}/metrics.json, table1.md, table1.csv, confusion.png")
     return 0
 

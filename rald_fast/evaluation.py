@@ -6,7 +6,8 @@ over each coarse group); a confusion matrix; images per second of the forward pa
 
 ITRR attends among the images of a batch, so in the paper's batch mode a prediction depends on its
 batch-mates. Test batches are therefore drawn in a fixed *shuffled* order (seeded): a file-ordered test
-list would put same-class images together and leak labels through ITRR.
+list would put same-class images together and leak labels through ITRR. The `bank` and `self` ITRR
+modes remove the dependence (rald_fast/models/reference_bank.py).
 """
 
 from __future__ import annotations
@@ -23,8 +24,12 @@ from rald_fast.hierarchy import Taxonomy
 
 @torch.no_grad()
 def predict_split(model, split: Split, preprocess: Preprocess, batch_size: int,
-                  device: torch.device, seed: int = 0) -> dict:
-    """Probabilities (N, C_f) and features (N, D) in the split's order, plus images/s."""
+                  device: torch.device, seed: int = 0, itrr_mode: str = "batch",
+                  itrr_bank: torch.Tensor | None = None) -> dict:
+    """Probabilities (N, C_f) and features (N, D) in the split's order, plus images/s.
+
+    itrr_mode: `batch` (the paper), `bank` (attend to `itrr_bank`, the checkpoint's reference
+    features, plus itself) or `self`; see `RALD.forward_head`."""
     model.eval()
     n = len(split)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
@@ -36,7 +41,7 @@ def predict_split(model, split: Split, preprocess: Preprocess, batch_size: int,
         idx = order[start:start + batch_size]
         x = preprocess.normalize(split.images[idx].to(device))
         t0 = time.perf_counter()
-        out = model.forward_head(model.forward_features(x), labels_tokens)
+        out = model.forward_head(model.forward_features(x), labels_tokens, itrr_mode, itrr_bank)
         p = out["logits"].float().softmax(-1).cpu()
         seconds += time.perf_counter() - t0
         probs[idx], feats[idx] = p, out["features"].float().cpu()

@@ -26,7 +26,8 @@ def build_model(cfg: Config, taxonomy: Taxonomy) -> RALD:
 def load_model(path, device="cpu"):
     """(model in eval mode, config, taxonomy, preprocess) from a training checkpoint.
 
-    The label vectors are a buffer of the checkpoint, so no word-vector file is read.
+    The label vectors are a buffer of the checkpoint, so no word-vector file is read. The ITRR
+    reference bank, when the checkpoint has one, is `model.itrr_bank` (M, D) (else None).
     """
     from rald_fast.checkpoint import CheckpointError, load_checkpoint
     from rald_fast.data.transforms import Preprocess
@@ -42,4 +43,6 @@ def load_model(path, device="cpu"):
         model.load_state_dict(state)
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit the saved config ({e})") from None
+    bank = ckpt.get("itrr_bank")
+    model.itrr_bank = bank["features"] if bank is not None else None  # ITRR `bank` mode (reference_bank.py)
     return model.to(device).eval(), cfg, taxonomy, Preprocess.from_dict(ckpt["preprocess"])

@@ -64,10 +64,36 @@ class AttentionBlock(nn.Module):
         q, k = qk if qk is not None else self.project_qk(x, context)
         v = self.split_heads(self.w_v(context))                         # (h, Lk, D/h)
         out = kernels.attention(q, k, v, self.scale, bias_table, xi)    # (h, Lq, D/h)
-        m = self.w_msa(out.transpose(0, 1).reshape(x.shape[0], -1))     # (Lq, D)
+        return self.finish(out, x)
+
+    def finish(self, heads_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Heads (h, Lq, D/h) concatenated, W_MSA, optional input residual, norm(M + FFN(M))."""
+        m = self.w_msa(heads_out.transpose(0, 1).reshape(x.shape[0], -1))  # (Lq, D)
         if self.input_residual:
             m = m + x
         return self.norm(m + self.ffn(m))                               # (Lq, D)
+
+    def context_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-head keys and values (h, M, D/h) of a fixed context (ITRR's reference bank)."""
+        return self.split_heads(self.w_k(context)), self.split_heads(self.w_v(context))
+
+    def forward_fixed_context(self, x: torch.Tensor, bank_k: torch.Tensor | None = None,
+                              bank_v: torch.Tensor | None = None) -> torch.Tensor:
+        """Each query attends to a fixed set of keys/values plus its own token, nothing else.
+
+        With a bank (h, M, D/h) this is ITRR's `bank` inference mode; without one the softmax has a
+        single entry, so the attention output is the query's own value (`self` mode). Every row is
+        computed from that row alone: the result does not depend on the other images of the batch.
+        """
+        q, k = self.project_qk(x, x)                                    # (h, N, D/h)
+        v = self.split_heads(self.w_v(x))
+        if bank_k is None or bank_k.shape[1] == 0:
+            return self.finish(v, x)                                    # softmax over one key = 1
+        own = self.scale * (q * k).sum(-1, keepdim=True)                # (h, N, 1)
+        logits = torch.cat([self.scale * q @ bank_k.transpose(1, 2), own], -1)  # (h, N, M + 1)
+        p = logits.float().softmax(-1).to(v.dtype)
+        out = p[..., :-1] @ bank_v + p[..., -1:] * v
+        return self.finish(out, x)
 
 
 def decreasing_bias_init(heads: int, sigma: int) -> torch.Tensor:

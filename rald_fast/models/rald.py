@@ -20,6 +20,8 @@ from rald_fast.hierarchy import Taxonomy
 from rald_fast.models.backbone import build_resnet18
 from rald_fast.models.blocks import AttentionBlock, decreasing_bias_init
 
+ITRR_MODES = ("batch", "bank", "self")
+
 
 class RALD(nn.Module):
     """Fine-grained FER model. `forward(images)` -> dict(logits, features, itrr_q, itrr_k).
@@ -68,14 +70,28 @@ class RALD(nn.Module):
         """F (N, 512), eq. (1)."""
         return self.backbone(images)
 
-    def forward_head(self, feats: torch.Tensor, label_tokens: torch.Tensor | None = None) -> dict:
-        """ITRR -> LGIFO -> fine logits from backbone features F (N, D)."""
+    def forward_head(self, feats: torch.Tensor, label_tokens: torch.Tensor | None = None,
+                     itrr_mode: str = "batch", itrr_bank: torch.Tensor | None = None) -> dict:
+        """ITRR -> LGIFO -> fine logits from backbone features F (N, D).
+
+        itrr_mode: `batch` (the paper: each image attends to the images of its batch), `bank` (to
+        `itrr_bank`, reference features F (M, D) of training images, plus itself) or `self` (to itself
+        only). `bank` and `self` make each prediction independent of its batch-mates.
+        """
+        if itrr_mode not in ITRR_MODES:
+            raise ValueError(f"itrr_mode must be one of {ITRR_MODES}, got {itrr_mode!r}")
         out = {}
         x = feats
-        if self.itrr is not None:
+        if self.itrr is not None and itrr_mode == "batch":
             q, k = self.itrr.project_qk(x, x)                                  # (h, N, D/h) each
             out["itrr_q"], out["itrr_k"] = q, k                                # R_v = lambda q k^T
             x = self.itrr(x, qk=(q, k))                                        # F~ (N, D), eq. (7)
+        elif self.itrr is not None:
+            if itrr_mode == "bank" and itrr_bank is None:
+                raise ValueError("itrr_mode='bank' needs a reference bank: build one with "
+                                 "`python -m rald_fast.bank CHECKPOINT`")
+            kv = self.itrr.context_kv(itrr_bank.to(x)) if itrr_mode == "bank" else (None, None)
+            x = self.itrr.forward_fixed_context(x, *kv)
         if self.lgifo is not None:
             s = self.label_tokens() if label_tokens is None else label_tokens  # S~ (C, D)
             x = self.lgifo(x, s)                                               # F^ (N, D), eq. (17)

@@ -1,0 +1,256 @@
+"""One Python API over every rald_fast artifact: `Predictor.load(path).predict(images)`.
+
+    from rald_fast.engine import Predictor
+    p = Predictor.load("model.onnx")            # or last.pt, model.pt2, model.engine, model_trt.ep
+    out = p.predict(list_of_rgb_uint8_arrays)   # any sizes; resized like the training data
+    out.fine, out.coarse, out.valence, out.probs, out.topk(3)
+
+Backends: a training checkpoint (folded in memory, PyTorch), ONNX (ONNX Runtime), AOTInductor `.pt2`
+(`torch._inductor.aoti_load_package`), a serialized TensorRT engine (TensorRT 10 runtime) and a
+Torch-TensorRT program (`.ep`). Each reads the preprocessing and the taxonomy from the artifact's own
+metadata (rald_fast/export/artifacts.py), so every backend answers the same way; predictions are
+batch-independent (ITRR in `bank` or `self` mode) unless a checkpoint is loaded with itrr_mode="batch".
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from rald_fast.data.transforms import Preprocess
+from rald_fast.export.artifacts import METADATA_KEY, ArtifactError, check_metadata, read_sidecar
+from rald_fast.hierarchy import Taxonomy
+
+SUFFIXES = {".pt": "checkpoint", ".pth": "checkpoint", ".ckpt": "checkpoint", ".onnx": "onnx",
+            ".pt2": "pt2", ".engine": "tensorrt", ".plan": "tensorrt", ".ep": "torch_tensorrt"}
+
+
+class EngineError(ArtifactError):
+    """A model artifact or an input the engine cannot use; the message says what was expected."""
+
+
+@dataclass
+class Predictions:
+    """Fine probabilities (N, C_f) and the labels derived from them through the taxonomy."""
+
+    probs: np.ndarray
+    taxonomy: Taxonomy
+
+    @property
+    def fine_index(self) -> np.ndarray:
+        return self.probs.argmax(1)
+
+    @property
+    def fine(self) -> list[str]:
+        return [self.taxonomy.fine[i] for i in self.fine_index]
+
+    @property
+    def coarse(self) -> list[str] | None:
+        if self.taxonomy.is_flat:
+            return None
+        return [self.taxonomy.parent[i] for i in self.fine_index]
+
+    @property
+    def valence(self) -> list[str] | None:
+        coarse = self.coarse
+        if coarse is None or not self.taxonomy.valence:
+            return None
+        return [self.taxonomy.valence.get(c, "") for c in coarse]
+
+    @property
+    def coarse_probs(self) -> np.ndarray | None:
+        """(N, C_c): each coarse group's probability, the sum over its fine labels."""
+        if self.taxonomy.is_flat:
+            return None
+        out = np.zeros((len(self.probs), len(self.taxonomy.coarse)), dtype=self.probs.dtype)
+        np.add.at(out.T, self.taxonomy.coarse_of_fine(), self.probs.T)
+        return out
+
+    def topk(self, k: int = 3) -> list[list[tuple[str, float]]]:
+        order = np.argsort(-self.probs, axis=1, kind="stable")[:, :k]
+        return [[(self.taxonomy.fine[j], float(row[j])) for j in idx] for row, idx in zip(self.probs, order)]
+
+    def __len__(self) -> int:
+        return len(self.probs)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise EngineError(f"device {name!r} asked for, but torch sees no CUDA GPU")
+    return torch.device(name)
+
+
+class Predictor:
+    """Loads any rald_fast artifact and predicts fine/coarse/valence labels for RGB images."""
+
+    def __init__(self, run, meta: dict, path: Path, kind: str, device: torch.device,
+                 max_batch: int | None = None):
+        self._run, self.meta, self.path, self.kind, self.device = run, meta, path, kind, device
+        self.preprocess = Preprocess.from_dict(meta["preprocess"])
+        self.taxonomy = Taxonomy.from_dict(meta["taxonomy"])
+        self.itrr_mode = meta["itrr_mode"]
+        self.max_batch = max_batch
+
+    # --- loading --------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto", backend: str | None = None,
+             itrr_mode: str | None = None) -> Predictor:
+        """`backend` defaults to the file's suffix (see SUFFIXES); `itrr_mode` is for checkpoints
+        only (exported artifacts have theirs built in): None = bank if stored, else self."""
+        path = Path(path)
+        if not path.is_file():
+            raise EngineError(f"{path}: no such model file")
+        kind = backend or SUFFIXES.get(path.suffix.lower())
+        if kind not in set(SUFFIXES.values()):
+            raise EngineError(f"{path}: unknown model kind {path.suffix or backend!r}; expected a checkpoint "
+                              f"(.pt), .onnx, .pt2, a TensorRT .engine or a Torch-TensorRT .ep")
+        if itrr_mode is not None and kind != "checkpoint":
+            raise EngineError(f"{path}: itrr_mode applies to checkpoints only; a {kind} artifact's mode "
+                              f"was fixed at export (python export/build_trt.py --itrr-mode)")
+        dev = _device(device)
+        return getattr(cls, f"_load_{kind}")(path, dev, itrr_mode)
+
+    @classmethod
+    def _load_checkpoint(cls, path, device, itrr_mode):
+        from rald_fast.checkpoint import CheckpointError
+        from rald_fast.export.artifacts import build_metadata
+        from rald_fast.models import load_model
+        from rald_fast.models.folded import fold
+
+        try:
+            model, cfg, taxonomy, preprocess = load_model(path, device)
+        except (CheckpointError, KeyError) as e:
+            raise EngineError(f"{path}: not a rald_fast training checkpoint ({e})") from None
+        folded = fold(model, preprocess, itrr_mode).eval()
+        if device.type == "cpu":
+            folded = folded.to(memory_format=torch.channels_last)
+        meta = build_metadata(cfg, taxonomy, preprocess, folded.itrr_mode, str(path))
+
+        @torch.no_grad()
+        def run(x: torch.Tensor) -> torch.Tensor:
+            return folded(x.to(device))[1]
+        predictor = cls(run, meta, path, "checkpoint", device)
+        predictor.module = folded
+        return predictor
+
+    @classmethod
+    def _load_onnx(cls, path, device, _):
+        import onnx
+        import onnxruntime as ort
+
+        try:
+            props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        except Exception as e:  # onnx raises DecodeError and friends from protobuf
+            raise EngineError(f"{path}: not a readable ONNX file ({type(e).__name__}: {e})") from None
+        meta = check_metadata(json.loads(props[METADATA_KEY]) if METADATA_KEY in props else None, path)
+        providers = ["CPUExecutionProvider"]
+        if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        session = ort.InferenceSession(str(path), providers=providers)
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(session.run(["probs"], {"images": x.numpy()})[0])
+        return cls(run, meta, path, "onnx", device)
+
+    @classmethod
+    def _load_pt2(cls, path, device, _):
+        meta = None
+        try:
+            sidecar = read_sidecar(path)
+        except ArtifactError:
+            sidecar = None
+        if sidecar is not None and sidecar.get("backend") == "torch_tensorrt":
+            import torch_tensorrt  # noqa: F401  (registers the TensorRT runtime ops the package calls)
+        try:
+            package = torch._inductor.aoti_load_package(str(path))
+        except Exception as e:  # noqa: BLE001  AOTI raises RuntimeError / zipfile errors / ...
+            raise EngineError(f"{path}: cannot load as an AOTInductor package ({type(e).__name__}: {e}); "
+                              f"a .pt2 must be built on a machine like this one (same CPU ISA or GPU)") from None
+        stored = package.get_metadata().get(METADATA_KEY)
+        meta = check_metadata(json.loads(stored) if stored else sidecar, path)
+        target = torch.device(package.get_metadata().get("AOTI_DEVICE_KEY", "cpu"))
+
+        @torch.no_grad()
+        def run(x: torch.Tensor) -> torch.Tensor:
+            return package(x.to(target))[1]
+        return cls(run, meta, path, "pt2", target, meta.get("max_batch"))
+
+    @classmethod
+    def _load_tensorrt(cls, path, device, _):
+        from rald_fast.export import tensorrt as trt_export
+
+        gap = trt_export.missing(need_torch_tensorrt=False)
+        if gap:
+            raise EngineError(f"{path}: cannot run a TensorRT engine here: {gap}")
+        meta = read_sidecar(path, require_hash=True)
+        runner = trt_export.EngineRunner(path)
+        return cls(lambda x: runner(x)["probs"], meta, path, "tensorrt", torch.device("cuda"),
+                   runner.max_batch)
+
+    @classmethod
+    def _load_torch_tensorrt(cls, path, device, _):
+        from rald_fast.export import tensorrt as trt_export
+
+        gap = trt_export.missing()
+        if gap:
+            raise EngineError(f"{path}: cannot run a Torch-TensorRT program here: {gap}")
+        import torch_tensorrt  # noqa: F401
+
+        meta = read_sidecar(path)
+        module = torch.export.load(str(path)).module()
+
+        @torch.no_grad()
+        def run(x: torch.Tensor) -> torch.Tensor:
+            return module(x.cuda())[1]
+        return cls(run, meta, path, "torch_tensorrt", torch.device("cuda"), meta.get("max_batch"))
+
+    # --- prediction -----------------------------------------------------------------------------
+    def to_batch(self, images) -> torch.Tensor:
+        """float32 (N, 3, S, S) 0..255 from uint8 RGB: an (N, H, W, 3) array, one (H, W, 3) image,
+        or a list of (H, W, 3) / (H, W) arrays of any size (resized as the training data was)."""
+        s = self.preprocess.image_size
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            images = list(images)
+        elif isinstance(images, np.ndarray) and images.ndim in (2, 3):
+            images = [images]
+        if not isinstance(images, (list, tuple)):
+            raise EngineError(f"images must be uint8 RGB numpy arrays (N, H, W, 3), (H, W, 3) or a list of "
+                              f"them, got {type(images).__name__}")
+        out = np.empty((len(images), s, s, 3), dtype=np.uint8)
+        for i, im in enumerate(images):
+            im = np.asarray(im)
+            if im.dtype != np.uint8:
+                raise EngineError(f"image {i}: dtype {im.dtype}, expected uint8 RGB in 0..255 (for 0..1 "
+                                  f"floats use (x * 255).round().astype(np.uint8))")
+            if im.ndim == 2:
+                im = np.repeat(im[:, :, None], 3, axis=2)
+            if im.ndim != 3 or im.shape[2] != 3 or min(im.shape[:2]) < 1:
+                raise EngineError(f"image {i}: shape {im.shape}, expected (H, W, 3) RGB or (H, W) gray")
+            if im.shape[:2] != (s, s):
+                im = np.asarray(Image.fromarray(im).resize((s, s), Image.BILINEAR))
+            out[i] = im
+        return torch.from_numpy(out).permute(0, 3, 1, 2).float().contiguous()
+
+    def predict(self, images, batch_size: int | None = None) -> Predictions:
+        x = self.to_batch(images)
+        step = min(b for b in (batch_size, self.max_batch, 256) if b)
+        probs = [self._run(x[i:i + step]).float().cpu() for i in range(0, len(x), step)]
+        probs = torch.cat(probs) if probs else torch.empty(0, self.taxonomy.num_fine)
+        return Predictions(probs.numpy(), self.taxonomy)
+
+    def predict_faces(self, image, **kwargs):
+        """Every face of one RGB image: detection, crop, prediction (rald_fast/faces.py)."""
+        from rald_fast.faces import predict_faces
+
+        return predict_faces(self, image, **kwargs)
+
+    def __repr__(self) -> str:
+        return (f"Predictor({self.kind}: {self.path}, {self.taxonomy.num_fine} fine labels, "
+                f"{self.preprocess.image_size}px, ITRR {self.itrr_mode}, {self.device})")

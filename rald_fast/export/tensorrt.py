@@ -1,0 +1,129 @@
+"""TensorRT artifacts: Torch-TensorRT (dynamo IR) programs and a serialized engine built from ONNX.
+
+Uses the TensorRT 10 API: explicit-batch networks (`create_network(0)`), `set_memory_pool_limit`,
+`build_serialized_network`, named I/O tensors with `set_input_shape` / `set_tensor_address` /
+`execute_async_v3` (the TensorRT 8 calls `build_engine`, `max_workspace_size` and binding indices are
+gone). Nothing here runs without TensorRT and a CUDA GPU; `missing()` says what is absent and how to
+install it, and the caller builds the other formats anyway.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rald_fast.export.artifacts import INPUT_NAME, ArtifactError, write_sidecar
+
+INSTALL_HINT = ("install TensorRT 10 and Torch-TensorRT built for your torch and CUDA, e.g. "
+                "`pip install tensorrt torch-tensorrt` on a machine with an NVIDIA GPU and driver "
+                "(see docs/DEPLOY.md)")
+
+
+def missing(need_torch_tensorrt: bool = True) -> str | None:
+    """None when TensorRT can build here, else a sentence naming what is missing."""
+    gaps = []
+    if not torch.cuda.is_available():
+        gaps.append("no CUDA GPU is visible to torch")
+    if importlib.util.find_spec("tensorrt") is None:
+        gaps.append("the `tensorrt` Python package is not installed")
+    if need_torch_tensorrt and importlib.util.find_spec("torch_tensorrt") is None:
+        gaps.append("the `torch_tensorrt` package is not installed")
+    return f"{'; '.join(gaps)}: {INSTALL_HINT}" if gaps else None
+
+
+def build_torch_tensorrt(folded: nn.Module, out_dir: Path, stem: str, meta: dict, precision: str,
+                         shapes: tuple[int, int, int]) -> list[Path]:
+    """Torch-TensorRT compile (ir="dynamo", dynamic batch min/opt/max), saved twice: an
+    ExportedProgram for Python (`<stem>_trt.ep`) and an AOTInductor package for C++ (`<stem>_trt.pt2`)."""
+    import torch_tensorrt
+
+    s = meta["preprocess"]["image_size"]
+    lo, opt, hi = shapes
+    precisions = {"fp32": {torch.float32}, "fp16": {torch.float16, torch.float32},
+                  "bf16": {torch.bfloat16, torch.float32}}[precision]
+    model = folded.eval().cuda()
+    inputs = [torch_tensorrt.Input(min_shape=(lo, 3, s, s), opt_shape=(opt, 3, s, s),
+                                   max_shape=(hi, 3, s, s), dtype=torch.float32, name=INPUT_NAME)]
+    trt_module = torch_tensorrt.compile(model, ir="dynamo", inputs=inputs, enabled_precisions=precisions,
+                                        min_block_size=1)
+    example = [torch.rand(opt, 3, s, s, device="cuda") * 255]
+    written = []
+    for suffix, fmt in (("_trt.ep", "exported_program"), ("_trt.pt2", "aot_inductor")):
+        path = out_dir / f"{stem}{suffix}"
+        torch_tensorrt.save(trt_module, str(path), output_format=fmt, inputs=example, retrace=True)
+        write_sidecar(path, dict(meta, precision=precision, backend="torch_tensorrt"))
+        written.append(path)
+    return written
+
+
+def build_engine_from_onnx(onnx_path: Path, engine_path: Path, meta: dict, precision: str,
+                           shapes: tuple[int, int, int], workspace_gib: float = 4.0) -> Path:
+    """A serialized TensorRT engine (`.engine`) from the ONNX file, one optimisation profile."""
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ArtifactError(f"{onnx_path}: TensorRT's ONNX parser failed: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    if precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    elif precision == "bf16":
+        config.set_flag(trt.BuilderFlag.BF16)
+    s = meta["preprocess"]["image_size"]
+    profile = builder.create_optimization_profile()
+    profile.set_shape(INPUT_NAME, *[(n, 3, s, s) for n in shapes])
+    config.add_optimization_profile(profile)
+    blob = builder.build_serialized_network(network, config)
+    if blob is None:
+        raise ArtifactError(f"{onnx_path}: TensorRT could not build an engine (see its log above)")
+    tmp = engine_path.with_name(f".{engine_path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_bytes(bytes(blob))
+        os.replace(tmp, engine_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    write_sidecar(engine_path, dict(meta, precision=precision, backend="tensorrt",
+                                    tensorrt=trt.__version__, max_batch=shapes[2],
+                                    gpu=torch.cuda.get_device_name()), with_hash=True)
+    return engine_path
+
+
+class EngineRunner:
+    """Runs a serialized engine on CUDA tensors through TensorRT 10's named-tensor API."""
+
+    def __init__(self, engine_path: str | Path):
+        import tensorrt as trt
+
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        self.engine = self.runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
+        if self.engine is None:
+            raise ArtifactError(f"{engine_path}: TensorRT cannot deserialize this engine (built by another "
+                                f"TensorRT version or for another GPU?): rebuild it here")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self.max_batch = self.engine.get_tensor_profile_shape(INPUT_NAME, 0)[2][0]
+
+    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        images = images.contiguous().float().cuda()
+        self.context.set_input_shape(INPUT_NAME, tuple(images.shape))
+        self.context.set_tensor_address(INPUT_NAME, images.data_ptr())
+        out = {}
+        for name in self.outputs:
+            out[name] = torch.empty(tuple(self.context.get_tensor_shape(name)), device="cuda")
+            self.context.set_tensor_address(name, out[name].data_ptr())
+        stream = torch.cuda.current_stream()
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise ArtifactError("TensorRT engine execution failed (see its log above)")
+        stream.synchronize()
+        return out
