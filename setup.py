@@ -22,8 +22,15 @@ setup(
         "pyyaml>=6",         # taxonomy files
         "tqdm>=4.66",
         "matplotlib>=3.8",   # confusion matrices and figures
+        # face detection (rald_fast.faces): 4.x ships the Haar cascades, 5.0 dropped them
+        "opencv-python-headless>=4.8,<5",
+        # export and the engine (rald_fast.export, rald_fast.engine): ONNX files, their checker, the
+        # dynamo-based exporter's graph builder, and the ONNX Runtime backend
+        "onnx>=1.16",
+        "onnxscript>=0.5",
+        "onnxruntime>=1.18",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-benchmark>=4", "scipy>=1.11", "pytest-timeout>=2"],
+        "test": ["pytest>=8", "pytest-benchmark>=4", "scipy>=1.11", "pytest-timeout>=2", "scikit-image>=0.22"],
     },
 )

@@ -30,8 +30,9 @@ SUFFIXES = {".pt": "checkpoint", ".pth": "checkpoint", ".ckpt": "checkpoint", ".
             ".pt2": "pt2", ".engine": "tensorrt", ".plan": "tensorrt", ".ep": "torch_tensorrt"}
 
 
-class EngineError(ArtifactError):
-    """A model artifact or an input the engine cannot use; the message says what was expected."""
+# A model artifact or an input the engine cannot use; the message says what was expected. The same
+# class as the exporter's, so `except EngineError` also catches metadata and version checks.
+EngineError = ArtifactError
 
 
 @dataclass

@@ -59,7 +59,7 @@ def parse_formats(text: str) -> list[str]:
     names = [f.strip().lower() for f in text.split(",") if f.strip()]
     bad = [f for f in names if f not in FORMATS]
     if bad or not names:
-        raise ArtifactError(f"--formats: unsupported format {', '.join(bad) or text!r}; choose from "
+        raise ArtifactError(f"--formats: unsupported format {', '.join(bad) or repr(text)}; choose from "
                             f"{', '.join(FORMATS)}")
     return list(dict.fromkeys(names))
 

@@ -86,11 +86,23 @@ def export_pt2(folded: nn.Module, path: str | Path, meta: dict, max_batch: int,
             program = torch.export.export(folded, (example,), dynamic_shapes={INPUT_NAME: {0: batch}})
             torch._inductor.aoti_compile_and_package(
                 program, package_path=str(tmp),
-                inductor_configs={"aot_inductor.metadata": {METADATA_KEY: json.dumps(meta)}})
+                inductor_configs={"aot_inductor.metadata": flat_metadata(meta)})
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def flat_metadata(meta: dict) -> dict[str, str]:
+    """AOTInductor metadata (string -> string): the full JSON, plus the few fields a C++ consumer
+    needs as plain strings, so it needs no JSON parser (cpp/rald_predict.cpp)."""
+    tax = meta["taxonomy"]
+    return {METADATA_KEY: json.dumps(meta),
+            f"{METADATA_KEY}.version": str(meta["version"]),
+            f"{METADATA_KEY}.image_size": str(meta["preprocess"]["image_size"]),
+            f"{METADATA_KEY}.itrr_mode": meta["itrr_mode"],
+            f"{METADATA_KEY}.fine": "\n".join(tax["fine"]),
+            f"{METADATA_KEY}.coarse_of_fine": "\n".join(p or "" for p in tax["parent"])}
 
 
 def compare(reference: torch.Tensor, other) -> dict:
