@@ -1,0 +1,248 @@
+"""Faces in photos: detect every face, crop it square with a margin, predict, draw the answers.
+
+Detection uses OpenCV's Viola-Jones frontal-face cascade, whose model file ships inside the
+opencv-python(-headless) 4.x wheel (`cv2.data.haarcascades`), so nothing is downloaded at run time
+(docs/DESIGN.md, "Face detection"). A crop is the detector's box grown by `margin` of its side on
+every side, made square around the box centre; the part outside the photo is filled by repeating
+the border pixels, so the face stays centred as in aligned datasets (RAF-DB "aligned"). It is then
+resized with PIL bilinear, the resize training uses (`rald_fast.data.dataset.decode_image`).
+
+`predict_faces(predictor, image)` is the Python API of `python -m rald_fast.predict`; both run the
+engine's batch-independent `Predictor.predict`, so a face's answer does not depend on the others.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from PIL import Image
+
+DEFAULT_MARGIN = 0.2   # fraction of the face box side added on each side
+DEFAULT_MIN_FACE = 24  # smallest face side in pixels (the cascade's own window is 24 px)
+DEFAULT_CASCADE = "haarcascade_frontalface_default.xml"
+
+
+class Box(NamedTuple):
+    """A face box in pixels of the photo: top-left corner, width, height."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+
+
+@dataclass
+class FaceResult:
+    """One face's prediction. `coarse*`/`valence` are None for a flat taxonomy (RAF-DB's 7)."""
+
+    box: Box
+    fine: str
+    fine_prob: float
+    coarse: str | None
+    coarse_prob: float | None
+    valence: str | None
+    topk: list[tuple[str, float]]
+    probs: np.ndarray = field(repr=False)  # (C_fine,) float32, in the taxonomy's fine order
+
+
+def _cv2():
+    try:
+        import cv2
+    except ImportError:
+        raise ImportError("face detection needs OpenCV 4: pip install 'opencv-python-headless<5'") \
+            from None
+    return cv2
+
+
+class HaarFaceDetector:
+    """Every frontal face in an RGB image, by OpenCV's bundled Haar cascade.
+
+    Args:
+        cascade: a file name in `cv2.data.haarcascades` or a path to a cascade XML.
+        min_face: smallest face side to report, in pixels of the input image.
+        max_side: images larger than this are downscaled for detection (the cascade's cost grows
+            with the pixel count); boxes are mapped back to the full image.
+        scale_factor, min_neighbors: `cv2.CascadeClassifier.detectMultiScale`'s; more neighbours
+            give fewer false faces and miss more real ones.
+    """
+
+    def __init__(self, cascade: str = DEFAULT_CASCADE, min_face: int = DEFAULT_MIN_FACE,
+                 max_side: int = 1280, scale_factor: float = 1.1, min_neighbors: int = 5):
+        cv2 = _cv2()
+        path = cascade if os.path.isfile(cascade) else os.path.join(cv2.data.haarcascades, cascade)
+        self.classifier = cv2.CascadeClassifier(path)
+        if self.classifier.empty():
+            raise ValueError(f"cannot load the face cascade {path!r}: OpenCV 5 no longer ships the "
+                             "Haar cascades; install 'opencv-python-headless<5'")
+        if min_face < 1 or max_side < 64:
+            raise ValueError(f"min_face must be >= 1 and max_side >= 64, got {min_face}, {max_side}")
+        self.min_face, self.max_side = min_face, max_side
+        self.scale_factor, self.min_neighbors = scale_factor, min_neighbors
+
+    def __call__(self, image: np.ndarray) -> list[Box]:
+        """Boxes of (H, W, 3) uint8 RGB `image`, left to right."""
+        cv2 = _cv2()
+        gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+        scale = min(1.0, self.max_side / max(gray.shape))
+        if scale < 1.0:
+            gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        gray = cv2.equalizeHist(gray)
+        side = max(1, int(self.min_face * scale))
+        found = self.classifier.detectMultiScale(gray, self.scale_factor, self.min_neighbors,
+                                                 minSize=(side, side))
+        boxes = [Box(*(int(round(v / scale)) for v in b)) for b in np.asarray(found).reshape(-1, 4)]
+        return sorted((b for b in boxes if min(b.w, b.h) >= self.min_face), key=lambda b: (b.x, b.y))
+
+
+@functools.lru_cache(maxsize=4)
+def default_detector(min_face: int = DEFAULT_MIN_FACE) -> HaarFaceDetector:
+    return HaarFaceDetector(min_face=min_face)
+
+
+def crop_face(image: np.ndarray, box: Box, size: int, margin: float = DEFAULT_MARGIN) -> np.ndarray:
+    """(size, size, 3) uint8: the square around `box` grown by `margin` per side, border-padded."""
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    h, w = image.shape[:2]
+    side = max(1, int(round(max(box.w, box.h) * (1 + 2 * margin))))
+    x0 = int(round(box.x + box.w / 2 - side / 2))
+    y0 = int(round(box.y + box.h / 2 - side / 2))
+    x1, y1 = x0 + side, y0 + side
+    crop = image[max(y0, 0):min(y1, h), max(x0, 0):min(x1, w)]
+    if crop.size == 0:
+        raise ValueError(f"face box {tuple(box)} lies outside the {w}x{h} image")
+    pad = ((max(-y0, 0), max(y1 - h, 0)), (max(-x0, 0), max(x1 - w, 0)), (0, 0))
+    if any(p for pair in pad for p in pair):
+        crop = np.pad(crop, pad, mode="edge")
+    if crop.shape[0] != size:
+        crop = np.asarray(Image.fromarray(crop).resize((size, size), Image.BILINEAR))
+    return np.ascontiguousarray(crop)
+
+
+def whole_image(image: np.ndarray) -> Box:
+    """The box of an already aligned face crop (`--no-detect`)."""
+    return Box(0, 0, image.shape[1], image.shape[0])
+
+
+def aligned_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """An already aligned face crop resized whole to (size, size, 3), as training decodes images."""
+    if image.shape[:2] == (size, size):
+        return np.ascontiguousarray(image)
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+
+
+def to_results(predictions, boxes: list[Box], taxonomy, topk: int = 3) -> list[FaceResult]:
+    """The engine's `Predictions` for a batch of crops, one `FaceResult` per box.
+
+    The coarse probability is the coarse group's column of `coarse_probs` (the summed probability
+    of its fine labels), in `taxonomy.coarse` order.
+    """
+    top = predictions.topk(topk)
+    out = []
+    for i, box in enumerate(boxes):
+        probs = predictions.probs[i]
+        fine = predictions.fine[i]
+        coarse = predictions.coarse[i] if predictions.coarse is not None else None
+        coarse_prob = None
+        if coarse is not None and predictions.coarse_probs is not None:
+            coarse_prob = float(predictions.coarse_probs[i, taxonomy.coarse.index(coarse)])
+        valence = predictions.valence[i] if predictions.valence is not None else None
+        out.append(FaceResult(box, fine, float(probs.max()), coarse, coarse_prob, valence or None,
+                              [(str(k), float(p)) for k, p in top[i]], probs))
+    return out
+
+
+def load_image(source) -> np.ndarray:
+    """(H, W, 3) uint8 RGB from a path, a PIL image or an array (grey and RGBA converted)."""
+    if isinstance(source, (str, Path)):
+        from rald_fast.media import read_image
+
+        return read_image(Path(source))
+    if isinstance(source, Image.Image):
+        return np.asarray(source.convert("RGB"))
+    image = np.asarray(source)
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image, got {image.dtype}")
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise ValueError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
+    return np.ascontiguousarray(image[..., :3])
+
+
+def predict_faces(predictor, image, detector=None, margin: float = DEFAULT_MARGIN,
+                  min_face: int = DEFAULT_MIN_FACE, detect: bool = True, topk: int = 3,
+                  batch_size: int = 64) -> list[FaceResult]:
+    """Every face in `image` with its fine label, coarse group, valence and top-k probabilities.
+
+    Args:
+        predictor: a `rald_fast.engine.Predictor`.
+        image: (H, W, 3) uint8 RGB array, a PIL image or an image path.
+        detector: a callable image -> list[Box]; default the bundled Haar cascade.
+        margin: fraction of the face box side added on each side before the square crop.
+        min_face: smallest face side in pixels (for the default detector).
+        detect: False treats the whole image as one aligned face crop, resized whole (no margin,
+            no padding) as the training images are.
+        topk: how many (label, probability) pairs each result keeps.
+        batch_size: faces per engine call (capped by `predictor.max_batch`).
+
+    Returns:
+        One FaceResult per face, left to right; an empty list when no face is found.
+    """
+    image = load_image(image)
+    if detect:
+        boxes = (detector or default_detector(min_face))(image)
+    else:
+        boxes = [whole_image(image)]
+    size = predictor.preprocess.image_size
+    crops = ([crop_face(image, b, size, margin) for b in boxes] if detect
+             else [aligned_crop(image, size)])
+    results: list[FaceResult] = []
+    step = max(1, min(batch_size, predictor.max_batch or batch_size))
+    for i in range(0, len(crops), step):
+        pred = predictor.predict(np.stack(crops[i:i + step]))
+        results += to_results(pred, boxes[i:i + step], predictor.taxonomy, topk)
+    return results
+
+
+# --- drawing ----------------------------------------------------------------------------------
+VALENCE_COLOURS = {"pleasant": (60, 200, 90), "unpleasant": (230, 70, 60)}  # RGB
+OTHER_COLOUR = (250, 200, 40)
+
+
+def face_label(r: FaceResult) -> str:
+    text = f"{r.fine} {r.fine_prob:.2f}"
+    return f"{text} | {r.coarse}" if r.coarse and r.coarse != r.fine else text
+
+
+def draw_faces(image: np.ndarray, results: list[FaceResult]) -> np.ndarray:
+    """A copy of RGB `image` with each face's box and label drawn, coloured by valence.
+
+    Text size follows the image size, so labels read the same on every face; a label goes above
+    its box, or inside the box's top edge when there is no room above.
+    """
+    cv2 = _cv2()
+    out = np.ascontiguousarray(image.copy())
+    h, w = out.shape[:2]
+    scale = float(np.clip(max(h, w) / 1000, 0.4, 2.0))
+    thick = max(1, round(scale * 1.5))
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    for r in results:  # every box first, so no box is drawn over a label
+        x, y, bw, bh = r.box
+        colour = VALENCE_COLOURS.get(r.valence or "", OTHER_COLOUR)
+        cv2.rectangle(out, (x, y), (x + bw - 1, y + bh - 1), colour, thick)
+    for r in results:
+        x, y, bw, bh = r.box
+        colour = VALENCE_COLOURS.get(r.valence or "", OTHER_COLOUR)
+        text = face_label(r)
+        (tw, th), base = cv2.getTextSize(text, font, scale, max(1, thick - 1))
+        ty = y - base - 2 if y - th - base - 2 >= 0 else y + th + 2
+        tx = min(max(x, 0), max(w - tw, 0))
+        cv2.rectangle(out, (tx, ty - th - 2), (tx + tw, ty + base), colour, -1)
+        cv2.putText(out, text, (tx, ty), font, scale, (0, 0, 0), max(1, thick - 1), cv2.LINE_AA)
+    return out

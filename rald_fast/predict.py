@@ -1,0 +1,211 @@
+"""`python -m rald_fast.predict --model ARTIFACT INPUT...`: expressions of every face in photos and video.
+
+ARTIFACT is anything `rald_fast.engine.Predictor.load` reads (a training checkpoint, `.onnx`, `.pt2`,
+a TensorRT engine). INPUT is image files, folders (searched recursively for images and videos) and
+video files. Every face is detected (OpenCV's bundled Haar cascade), cropped square with --margin,
+and predicted in batches of --batch-size faces across photos and frames; one row per face goes to
+stdout or --output as CSV or JSON lines (docs/PREDICT.md lists the columns).
+
+Bad inputs (unreadable, not an image, a video that cannot be opened, a missing path) give a
+`skipped:` line on stderr and an `error` row, and the run goes on; the exit status is then 1.
+A photo without a face gives a `no_face` row. --strict stops at the first bad input with an
+`error:` line and exit status 2, as does a model artifact that cannot be loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from rald_fast.cli import run_cli
+from rald_fast.faces import DEFAULT_MARGIN, DEFAULT_MIN_FACE
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m rald_fast.predict", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, video files")
+    p.add_argument("--model", required=True, help="checkpoint, .onnx, .pt2 or TensorRT engine")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
+    p.add_argument("--backend", help="checkpoint, onnx, pt2, tensorrt or torch_tensorrt "
+                                     "(default: from the file's suffix)")
+    p.add_argument("--format", default="csv", choices=["csv", "jsonl"], help="(default csv)")
+    p.add_argument("--output", help="write rows to this file instead of stdout")
+    p.add_argument("--topk", type=int, default=3, help="probabilities kept per face (default 3)")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="faces per engine call, across photos and frames (default 32)")
+    p.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
+                   help=f"crop margin per side, fraction of the face box (default {DEFAULT_MARGIN})")
+    p.add_argument("--min-face", type=int, default=DEFAULT_MIN_FACE,
+                   help=f"smallest face side in pixels (default {DEFAULT_MIN_FACE})")
+    p.add_argument("--no-detect", action="store_true",
+                   help="each image is already one aligned face crop (RAF-DB 'aligned' style)")
+    p.add_argument("--every", type=int, default=1, help="video: every N-th frame (default 1)")
+    p.add_argument("--annotate", metavar="DIR",
+                   help="write copies with boxes and labels drawn (an .mp4 for each video)")
+    p.add_argument("--strict", action="store_true", help="stop at the first bad input (exit 2)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def check_args(args) -> None:
+    for name, low in (("topk", 1), ("batch_size", 1), ("min_face", 1), ("every", 1)):
+        if getattr(args, name) < low:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, "
+                             f"got {getattr(args, name)}")
+    if args.margin < 0:
+        raise ValueError(f"--margin must be >= 0, got {args.margin}")
+    if not Path(args.model).exists():
+        raise FileNotFoundError(f"--model {args.model}: no such file")
+    if args.annotate and Path(args.annotate).exists() and not Path(args.annotate).is_dir():
+        raise ValueError(f"--annotate {args.annotate}: exists and is not a folder")
+
+
+class Annotator:
+    """Where drawn copies go: DIR/<input name> for photos, DIR/<input name>.mp4 for video."""
+
+    def __init__(self, root: Path):
+        self.root, self.used = root, set()
+
+    def path_for(self, name: Path, video: bool) -> Path:
+        path = self.root / (name.with_suffix(".mp4") if video else name)
+        if not video and path.suffix.lower() not in (".jpg", ".jpeg", ".png"):
+            path = path.with_suffix(".png")
+        stem, n = path, 1
+        while path in self.used:  # same name from two folders
+            path, n = stem.with_name(f"{stem.stem}_{n}{stem.suffix}"), n + 1
+        self.used.add(path)
+        return path
+
+
+class PredictRun:
+    """One run of the command: inputs in, rows (and drawn copies) out, failures counted."""
+
+    def __init__(self, args, predictor, writer, annotator: Annotator | None):
+        from rald_fast.face_pipeline import FacePipeline
+        from rald_fast.faces import HaarFaceDetector
+
+        detector = None if args.no_detect else HaarFaceDetector(min_face=args.min_face)
+        self.args, self.writer, self.annotator = args, writer, annotator
+        self.pipe = FacePipeline(predictor, self.emit, detector, args.margin, args.topk,
+                                 args.batch_size, keep_images=annotator is not None)
+        self.failed: list[str] = []
+        self.counts = {"photos": 0, "videos": 0, "frames": 0}
+        self.no_bar = True if args.no_progress else None  # None: bars on a terminal only
+
+    def emit(self, frame) -> None:
+        from rald_fast.face_pipeline import face_rows
+        from rald_fast.faces import draw_faces
+        from rald_fast.media import VideoSink, write_image
+
+        t0 = time.perf_counter()
+        for row in face_rows(frame):
+            self.writer.write(row)
+        if self.annotator is not None and frame.image is not None:
+            drawn = draw_faces(frame.image, frame.results)
+            if isinstance(frame.tag, VideoSink):
+                frame.tag.write(drawn)
+            else:
+                write_image(frame.tag, drawn)
+        self.pipe.seconds["write"] += time.perf_counter() - t0
+
+    def fail(self, source: str, message: str) -> None:
+        from rald_fast.media import MediaError
+
+        if self.args.strict:
+            raise MediaError(message)
+        print(f"skipped: {message}", file=sys.stderr)
+        self.failed.append(source)
+        self.pipe.add_error(source, message)
+
+    def run(self, inputs) -> None:
+        from tqdm import tqdm
+
+        for item in tqdm(inputs, desc="inputs", unit="file",
+                         disable=True if len(inputs) < 2 else self.no_bar):
+            if item.kind == "missing":
+                self.fail(str(item.path), item.problem)
+            elif item.kind == "image":
+                self.run_image(item)
+            else:
+                self.run_video(item)
+        self.pipe.flush()
+
+    def run_image(self, item) -> None:
+        from rald_fast.media import MediaError, read_image
+
+        t0 = time.perf_counter()
+        try:
+            image = read_image(item.path)
+        except MediaError as e:
+            return self.fail(str(item.path), str(e))
+        self.pipe.seconds["decode"] += time.perf_counter() - t0
+        tag = self.annotator.path_for(item.name, video=False) if self.annotator else None
+        self.pipe.add(str(item.path), 0, image, tag)
+        self.counts["photos"] += 1
+
+    def run_video(self, item) -> None:
+        from tqdm import tqdm
+
+        from rald_fast.media import MediaError, VideoReader, VideoSink
+
+        every = self.args.every
+        try:
+            reader = VideoReader(item.path, every)
+        except MediaError as e:
+            return self.fail(str(item.path), str(e))
+        self.counts["videos"] += 1
+        sink = None
+        if self.annotator is not None:
+            sink = VideoSink(self.annotator.path_for(item.name, video=True),
+                             max(reader.fps / every, 1.0))
+        total = reader.frame_count and -(-reader.frame_count // every)
+        try:
+            t0 = time.perf_counter()
+            for index, frame in tqdm(reader, desc=item.path.name, unit="frame", total=total,
+                                     leave=False, disable=self.no_bar):
+                self.pipe.seconds["decode"] += time.perf_counter() - t0
+                self.pipe.add(str(item.path), index, frame, sink)
+                self.counts["frames"] += 1
+                t0 = time.perf_counter()
+            self.pipe.flush()  # this video's frames reach its sink before the sink closes
+        finally:
+            if sink is not None:
+                sink.close()
+
+    def summary(self) -> str:
+        c, s = self.counts, sum(self.pipe.seconds.values())
+        return (f"{self.pipe.faces} face(s) in {c['photos']} photo(s) and {c['videos']} video(s) "
+                f"({c['frames']} frames); {s:.1f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    check_args(args)
+    from rald_fast.engine import Predictor
+    from rald_fast.face_pipeline import RowWriter
+    from rald_fast.media import list_inputs
+
+    predictor = Predictor.load(args.model, device=args.device, backend=args.backend)
+    inputs = list_inputs(args.inputs)
+    annotator = Annotator(Path(args.annotate)) if args.annotate else None
+    with ExitStack() as stack:
+        stream = (stack.enter_context(open(args.output, "w", newline="", encoding="utf-8"))
+                  if args.output else sys.stdout)
+        run = PredictRun(args, predictor, RowWriter(stream, args.format, args.topk), annotator)
+        run.run(inputs)
+    print(run.summary(), file=sys.stderr)
+    if annotator is not None:
+        print(f"annotated copies in {annotator.root}", file=sys.stderr)
+    if run.failed:
+        shown = ", ".join(run.failed[:5]) + (" ..." if len(run.failed) > 5 else "")
+        print(f"{len(run.failed)} input(s) could not be read: {shown}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
