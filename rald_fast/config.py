@@ -89,6 +89,11 @@ class RunConfig:
     threads: int = 0            # torch CPU threads; 0 = torch's default
     channels_last: bool = True  # NHWC convolutions: about 2x faster on this CPU and on GPUs
     progress: bool = True       # tqdm progress bars
+    amp: str = "none"           # autocast of forward + loss: none | bf16 | fp16 (fp16 adds a grad scaler)
+    compile: bool = False       # torch.compile the backbone and the head of the training step
+    pin_memory: bool = True     # CUDA: pinned host batches, non-blocking copies
+    reference_bank: int = -1    # ITRR reference bank stored with the final checkpoint (batch-
+                                # independent inference): M images; -1 = batch_size - 1, 0 = none
 
 
 @dataclass
@@ -132,6 +137,8 @@ SCHEDULES: dict[str, dict[str, Any]] = {
     "tiny": dict(epochs=2, batch_size=16, image_size=32, synth_train_per_class=3,
                  synth_test_per_class=2, eval_batch_size=16, progress=False),
 }
+
+AMP_MODES = ("none", "bf16", "fp16")  # --amp: autocast dtype of the training step
 
 # Table 3 of the paper: which modules are on. (a) is the bare ResNet18.
 VARIANTS: dict[str, dict[str, bool]] = {
@@ -193,6 +200,11 @@ def validate(cfg: Config) -> None:
     for name, val in (("epochs", o.epochs), ("batch-size", o.batch_size), ("lr-step", o.lr_step)):
         if val < 1:
             raise ValueError(f"--{name} must be >= 1, got {val}")
+    if cfg.run.reference_bank < -1:
+        raise ValueError(f"--reference-bank must be -1 (batch size - 1), 0 (none) or a size, "
+                         f"got {cfg.run.reference_bank}")
+    if cfg.run.amp not in AMP_MODES:
+        raise ValueError(f"--amp must be one of {', '.join(AMP_MODES)}, got {cfg.run.amp!r}")
     if cfg.run.device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"--device must be auto, cpu or cuda, got {cfg.run.device!r}")
     d = cfg.data

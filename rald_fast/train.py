@@ -5,19 +5,23 @@ Examples:
   python -m rald_fast.train --variant a --out runs/baseline  # bare ResNet18, same budget
   python -m rald_fast.train --preset paper --data labelfile --data-root DIR --backbone-weights W.pth
   python -m rald_fast.train --resume runs/rald/last.pt --epochs 20
+  python -m rald_fast.train --amp bf16 --compile                # mixed precision, compiled step
+  torchrun --nproc-per-node 2 -m rald_fast.train                # DDP; docs/DISTRIBUTED.md
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from rald_fast.cli import run_cli
 from rald_fast.config import Config, add_config_arguments, config_from_args, set_option, validate
 
 # options that may change when resuming; everything else comes from the checkpoint
-RESUME_OVERRIDABLE = {"epochs", "out", "progress", "eval_every", "threads", "device"}
+RESUME_OVERRIDABLE = {"epochs", "out", "progress", "eval_every", "threads", "device", "amp", "compile",
+                      "pin_memory"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     from rald_fast.training import fit
 
     summary = fit(cfg, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 reports
+        return 0
     final = summary["final"]
     print(f"\nfinished {summary['epochs']} epochs in {summary['train_seconds']:.0f} s "
           f"(variant {summary['variant']}, preset {summary['preset']})")

@@ -6,11 +6,17 @@ resolved config (config.json), the taxonomy (taxonomy.json), one line of metrics
 finished, `summary.json`. Resume restores weights, optimiser, scheduler, RNG states and epoch, and the
 per-epoch batch order and augmentation are seeded from (seed, epoch), so a resumed run continues
 exactly where the interrupted one would have gone.
+
+Speed options (train_step.py): --amp, --compile, channels_last, pinned non-blocking copies on CUDA.
+Under torchrun (distributed.py, docs/DISTRIBUTED.md) every process walks the same global batches,
+runs its backbone on its own rows and the head and loss on the all-gathered global batch; rank 0
+alone evaluates and writes metrics and checkpoints, which hold nothing per process.
 """
 
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import logging
 import math
@@ -24,9 +30,14 @@ from rald_fast.checkpoint import atomic_write_text, load_checkpoint, save_checkp
 from rald_fast.config import Config
 from rald_fast.data.dataset import Split, epoch_order, load_split
 from rald_fast.data.transforms import Preprocess, augment
+from rald_fast.distributed import (SINGLE, DistInfo, barrier, init_from_env, local_rows, shutdown,
+                                   slice_sizes, sync_batchnorm)
 from rald_fast.evaluation import compute_metrics, predict_split
 from rald_fast.hierarchy import Taxonomy, load_taxonomy
 from rald_fast.models import RALD, NeighbourBank, build_model, rald_loss
+from rald_fast.models.rald import ITRR_MODES
+from rald_fast.models.reference_bank import build_reference_bank, default_bank_size, store_bank
+from rald_fast.train_step import TrainForward, autocast_context, check_amp, host_to_device, make_scaler
 
 log = logging.getLogger(__name__)
 
@@ -119,44 +130,73 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 def train_one_epoch(model: RALD, split: Split, preprocess: Preprocess, optimizer, cfg: Config,
-                    epoch: int, device: torch.device, bank: NeighbourBank | None = None) -> dict:
+                    epoch: int, device: torch.device, bank: NeighbourBank | None = None,
+                    forward: torch.nn.Module | None = None, info: DistInfo = SINGLE,
+                    scaler: torch.amp.GradScaler | None = None) -> dict:
+    """One pass over the training split; returns the epoch's train_* metrics (global batch).
+
+    Args:
+        forward: the training forward (`TrainForward`, DDP-wrapped under torchrun); default the
+            plain model. Every process walks the same global batches of `cfg.optim.batch_size`
+            images and runs its backbone on its own rows (`distributed.local_rows`).
+        info: the process group; scaler: fp16's gradient scaler.
+    """
     model.train()
+    forward = forward if forward is not None else TrainForward(model)
     gen = epoch_generator(cfg.run.seed, epoch)
     n, bs = len(split), cfg.optim.batch_size
     order = epoch_order(split, gen)  # a permutation, or class-balanced draws (--balanced)
-    # ITRR and NNLDL work across the batch: drop a last batch too small to have neighbours
-    starts = [s for s in range(0, n, bs) if min(bs, n - s) >= min(bs, 2)]
-    sums: dict[str, float] = {}
-    correct = seen = 0
+    # ITRR and NNLDL work across the batch: drop a last batch too small to have neighbours (or
+    # to give every process a row)
+    smallest = max(min(bs, 2), info.world_size)
+    starts = [s for s in range(0, n, bs) if min(bs, n - s) >= smallest]
+    pin = cfg.run.pin_memory and device.type == "cuda"
+    sums: dict[str, torch.Tensor] = {}
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    seen = 0
     t0 = time.perf_counter()
     bar = starts
-    if cfg.run.progress:
+    if cfg.run.progress and info.is_main:
         from tqdm import tqdm
 
         bar = tqdm(starts, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", unit="batch", leave=False)
     for step, s in enumerate(bar):
         idx = order[s:s + bs]
-        x = augment(split.images[idx], gen, hflip=cfg.data.hflip)
-        x, y = preprocess.normalize(x.to(device)), split.labels[idx].to(device)
+        sizes = slice_sizes(len(idx), info.world_size)
+        # the whole global batch is augmented on every process: the same draws of `gen` as one
+        # process would make, so N processes see exactly the pixels one process would
+        x = augment(split.images[idx], gen, hflip=cfg.data.hflip)[local_rows(len(idx), info)]
+        x = preprocess.normalize(host_to_device(x, device, pin))
+        y = split.labels[idx].to(device, non_blocking=pin)                    # the global labels
         if cfg.run.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        out = model(x)
-        parts = rald_loss(out, y, cfg.loss, cfg.model.scale, bank)
-        if not torch.isfinite(parts["loss"]):
+        with autocast_context(cfg.run.amp, device):
+            out = forward(x, sizes)
+            parts = rald_loss(out, y, cfg.loss, cfg.model.scale, bank)
+        # one host sync per step on CPU; on CUDA every 16 steps, so the GPU is never starved
+        if (device.type != "cuda" or step % 16 == 15 or step + 1 == len(starts)) and \
+                not torch.isfinite(parts["loss"]):
             raise TrainingError(f"non-finite loss ({parts['loss'].item()}) at epoch {epoch + 1}, "
                                 f"step {step + 1}: lower --lr (now {cfg.optim.lr}) or check the data")
         optimizer.zero_grad(set_to_none=True)
-        parts["loss"].backward()
-        optimizer.step()
+        if scaler is not None:
+            scaler.scale(parts["loss"]).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            parts["loss"].backward()
+            optimizer.step()
         for k, v in parts.items():
-            sums[k] = sums.get(k, 0.0) + v.item() * len(idx)
-        correct += (out["logits"].argmax(1) == y).sum().item()
+            sums[k] = sums.get(k, 0.0) + v.detach().double() * len(idx)  # no host sync
+        correct += (out["logits"].argmax(1) == y).sum()
         seen += len(idx)
-        if cfg.run.progress:
+        if cfg.run.progress and info.is_main and device.type != "cuda":
             bar.set_postfix(loss=f"{parts['loss'].item():.3f}")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     secs = time.perf_counter() - t0
-    metrics = {f"train_{k}": v / seen for k, v in sums.items()}
-    metrics.update(train_acc=correct / seen, train_images_per_s=seen / secs)
+    metrics = {f"train_{k}": v.item() / seen for k, v in sums.items()}
+    metrics.update(train_acc=correct.item() / seen, train_images_per_s=seen / secs)
     return metrics
 
 
@@ -196,15 +236,19 @@ def write_metrics(out: Path, row: dict) -> None:
 def fit(cfg: Config, resume: str | None = None) -> dict:
     """Train (or continue) a run; returns the summary that is also written to summary.json."""
     device = resolve_device(cfg.run.device)
+    info, device = init_distributed(cfg, device)
+    check_amp(cfg.run.amp, device)
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     torch.manual_seed(cfg.run.seed)
-    data = build_data(cfg)
+    data = build_data_in_turn(cfg, info)
     preprocess = Preprocess(cfg.data.image_size)
     model = build_model(cfg, data.taxonomy).to(device)
     if cfg.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    model = sync_batchnorm(model, info, device.type)  # BatchNorm over the global batch
     optimizer, scheduler = build_optimizer(cfg, model)
+    scaler = make_scaler(cfg.run.amp, device)
     out = Path(cfg.run.out)
     start_epoch, best = 0, {"test_acc": -1.0, "epoch": -1}
     bank = NeighbourBank(cfg.loss.nnldl_bank) if cfg.loss.nnldl and cfg.loss.nnldl_bank else None
@@ -217,25 +261,32 @@ def fit(cfg: Config, resume: str | None = None) -> dict:
         _restore_rng(ckpt["rng"])
         if bank is not None:
             bank.load_state_dict(ckpt["bank"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
         start_epoch, best = ckpt["epoch"], ckpt["best"]
         log.info("resumed %s at epoch %d", resume, start_epoch)
-        if (out / "metrics.jsonl").exists():  # keep only the epochs the checkpoint has seen
+        if info.is_main and (out / "metrics.jsonl").exists():  # keep only the epochs the checkpoint has seen
             lines = (out / "metrics.jsonl").read_text().splitlines()
             keep = [x for x in lines if json.loads(x)["epoch"] <= start_epoch]
             atomic_write_text(out / "metrics.jsonl", "".join(x + "\n" for x in keep))
-    else:
+    elif info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.jsonl").unlink(missing_ok=True)
         (out / "summary.json").unlink(missing_ok=True)
-    atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2))
-    atomic_write_text(out / "taxonomy.json", json.dumps(data.taxonomy.to_dict(), indent=2))
+    if info.is_main:
+        atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2))
+        atomic_write_text(out / "taxonomy.json", json.dumps(data.taxonomy.to_dict(), indent=2))
+    forward = build_forward(model, cfg, info, device)
     t_start = time.perf_counter()
     row: dict = {}
     for epoch in range(start_epoch, cfg.optim.epochs):
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
         row.update(train_one_epoch(model, data.train, preprocess, optimizer, cfg, epoch, device,
-                                   bank))
+                                   bank, forward, info, scaler))
         scheduler.step()
+        if not info.is_main:  # metrics, evaluation and checkpoints come from rank 0
+            barrier(info)
+            continue
         last = epoch + 1 == cfg.optim.epochs
         if last or (epoch + 1) % cfg.run.eval_every == 0:
             row.update(evaluate(model, data, preprocess, cfg, device))
@@ -249,13 +300,64 @@ def fit(cfg: Config, resume: str | None = None) -> dict:
             "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "config": cfg.to_dict(),
             "taxonomy": data.taxonomy.to_dict(), "preprocess": preprocess.to_dict(),
             "best": best, "rng": _rng_state(), "metrics": row,
-            "bank": bank.state_dict() if bank is not None else None})
+            "bank": bank.state_dict() if bank is not None else None,
+            "scaler": scaler.state_dict() if scaler is not None else None})
+        barrier(info)
     summary = {"out": str(out), "checkpoint": str(out / "last.pt"), "dataset": str(data.root),
                "epochs": cfg.optim.epochs, "final": row, "best": best,
                "train_seconds": time.perf_counter() - t_start, "variant": cfg.variant,
-               "preset": cfg.preset}
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+               "preset": cfg.preset, "processes": info.world_size}
+    if info.is_main:
+        summary.update(attach_reference_bank(model, data, preprocess, cfg, device, out / "last.pt"))
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    barrier(info)
+    shutdown(info)
     return summary
+
+
+def init_distributed(cfg: Config, device: torch.device) -> tuple[DistInfo, torch.device]:
+    """Join torchrun's process group (one process: `SINGLE`); each process gets its own GPU."""
+    info = init_from_env(device.type)
+    if not info.enabled:
+        return info, device
+    if cfg.optim.batch_size < info.world_size:
+        raise ValueError(f"--batch-size {cfg.optim.batch_size} is the global batch: it must be at "
+                         f"least the number of processes ({info.world_size})")
+    if not info.is_main:
+        logging.getLogger("rald_fast").setLevel(logging.WARNING)
+    log.info("distributed: %d processes (%s), global batch %d", info.world_size,
+             "nccl" if device.type == "cuda" else "gloo", cfg.optim.batch_size)
+    if device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+    return info, device
+
+
+def build_data_in_turn(cfg: Config, info: DistInfo) -> Data:
+    """`build_data`, rank 0 first (it may generate or cache the dataset), then the others. The
+    global RNG is left as it was, so every process initialises and drops out alike."""
+    state = torch.get_rng_state()
+    if not info.is_main:
+        barrier(info)
+    data = build_data(cfg)
+    if info.is_main:
+        barrier(info)
+    torch.set_rng_state(state)
+    return data
+
+
+def build_forward(model: RALD, cfg: Config, info: DistInfo, device: torch.device) -> torch.nn.Module:
+    """The training forward (`TrainForward`), compiled with --compile, DDP-wrapped under torchrun
+    (its buffers need no broadcast: every process updates them alike from the global batch)."""
+    forward = TrainForward(model, info, compile=cfg.run.compile)
+    if not info.enabled:
+        return forward
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    params = inspect.signature(DistributedDataParallel).parameters  # renamed in torch 2.12+
+    no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else \
+        {"broadcast_buffers": False}
+    return DistributedDataParallel(forward, device_ids=ids, **no_sync)
 
 
 def check_compatible(ckpt: dict, cfg: Config, taxonomy: Taxonomy, path: str) -> None:
@@ -265,3 +367,23 @@ def check_compatible(ckpt: dict, cfg: Config, taxonomy: Taxonomy, path: str) -> 
                          f"labels), this run uses {taxonomy.name!r} ({taxonomy.num_fine})")
     if ckpt["config"]["model"] != cfg.to_dict()["model"]:
         raise ValueError(f"{path}: the model options differ from the checkpoint's")
+
+
+def attach_reference_bank(model: RALD, data: Data, preprocess: Preprocess, cfg: Config,
+                          device: torch.device, checkpoint: Path) -> dict:
+    """Store ITRR's reference bank in the final checkpoint (batch-independent inference) and
+    report the test accuracy of each ITRR inference mode at the run's test batch size."""
+    size = cfg.run.reference_bank
+    size = default_bank_size(cfg) if size == -1 else size
+    if model.itrr is None or size == 0:
+        return {}
+    bank = build_reference_bank(model, data.train, preprocess, size, device, cfg.run.seed)
+    store_bank(str(checkpoint), bank)
+    accuracy = {}
+    for mode in ITRR_MODES:
+        pred = predict_split(model, data.test, preprocess, cfg.run.eval_batch_size, device,
+                             cfg.run.seed, mode, bank["features"])
+        accuracy[mode] = compute_metrics(pred["probs"], pred["labels"], data.taxonomy)["accuracy"]
+    log.info("reference bank of %d images stored in %s; test accuracy by ITRR mode: %s",
+             len(bank["features"]), checkpoint, accuracy)
+    return {"reference_bank": len(bank["features"]), "test_acc_by_itrr_mode": accuracy}

@@ -72,4 +72,4 @@ def test_checkpoint_from_another_taxonomy(trained):
 
 def test_resume_refuses_model_changes(trained):
     r = run("train", "--resume", str(trained / "last.pt"), "--heads", "4")
-    assert r.returncode == 2 and "only --device" in r.stderr
+    assert r.returncode == 2 and "--device, --epochs" in r.stderr and "(got heads)" in r.stderr

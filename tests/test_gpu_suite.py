@@ -1,0 +1,68 @@
+"""bench/gpu_suite.py cannot break unseen: its whole flow runs on the CPU at tiny sizes (--dry-run),
+and its `.pt2` (AOTInductor) path runs on a small module."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_suite():
+    spec = importlib.util.spec_from_file_location("gpu_suite", ROOT / "bench" / "gpu_suite.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dry_run_covers_every_section(tmp_path):
+    out = tmp_path / "suite.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_suite.py"), "--dry-run", "--out", str(out)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)  # a plain checkout
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["errors"] == [], result["errors"]
+    assert result["finished"] and result["dry_run"]
+    assert {"torch", "triton", "cuda", "git", "device", "paper"} <= set(result["env"])
+    assert "kernels" in result
+    rows = {(r["model"], r["engine"], r["dtype"], r["batch"]) for r in result["inference"]}
+    for model in ("resnet18", "rald"):
+        for dt in ("fp32", "bf16", "fp16"):
+            assert {(model, "eager", dt, 2), (model, "eager", dt, 4)} <= rows
+    assert {("rald", "compiled_cudagraphs", "fp32", 4), ("rald", "pt2", "fp32", 4)} <= rows
+    for r in result["inference"]:
+        assert r["images_per_s"] > 0
+        assert r["max_abs_prob_diff_vs_fp32_eager"] < (1e-5 if r["dtype"] == "fp32" else 2e-2), r
+    assert result["flops_per_image"]["rald"] > result["flops_per_image"]["resnet18"] > 0
+    train = {(r["compiled"], r["amp"]) for r in result["training"]}
+    assert train == {(False, "none"), (False, "bf16"), (True, "none")}
+    assert all(r["images_per_s"] > 0 for r in result["training"])
+
+
+def test_pt2_package_builds_loads_and_matches_eager(tmp_path):
+    """The AOTInductor path of the suite on a small module (a ResNet18 takes minutes to build here)."""
+    suite = load_suite()
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(5)).eval()
+
+    class Images(torch.nn.Module):  # the folded model's interface: images -> (logits, probs)
+        def __init__(self):
+            super().__init__()
+            self.net = module
+
+        def forward(self, images):
+            logits = self.net(images / 255.0)
+            return logits, logits.softmax(-1)
+
+    model = Images().eval()
+    x = torch.rand(3, 3, 8, 8) * 255
+    model(x)  # materialise the lazy layer
+    engine, notes = suite.build_pt2(model, x[:2], tmp_path, dry=False, max_batch=8)
+    assert notes["package_mib"] > 0
+    for b in (1, 3):
+        torch.testing.assert_close(engine(x[:b])[1], model(x[:b])[1], rtol=1e-5, atol=1e-6)
