@@ -1,0 +1,91 @@
+"""Table 1: per-class accuracy of several checkpoints side by side (valence / coarse / fine rows).
+
+`python -m rald_fast.experiments compare CKPT... --out DIR` evaluates every checkpoint on its own test
+split (all must share one taxonomy) and writes DIR/compare.{md,csv,json} in `reports.table1_*`'s layout
+plus one confusion matrix per model (confusion_<name>.png). `load_eval` is shared with `modes` and
+`figures`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+from rald_fast.experiments.common import write_json
+
+
+@dataclass
+class Loaded:
+    """A checkpoint ready to evaluate: model (eval mode), its config, taxonomy, preprocessing, test
+    split, and the device it is on."""
+    name: str
+    model: object
+    cfg: object
+    taxonomy: object
+    preprocess: object
+    split: object
+    device: object
+
+
+def load_eval(checkpoint: str, device_name: str = "auto", name: str | None = None) -> Loaded:
+    from rald_fast.data.dataset import load_split
+    from rald_fast.data.readers import split_source
+    from rald_fast.models import load_model
+    from rald_fast.training import dataset_root, resolve_device
+
+    device = resolve_device(device_name)
+    model, cfg, taxonomy, preprocess = load_model(checkpoint, device)
+    root = dataset_root(cfg, taxonomy)
+    split = load_split(split_source(cfg.data, taxonomy, "test", root), taxonomy,
+                       preprocess.image_size)
+    return Loaded(name or Path(checkpoint).parent.name or "model", model, cfg, taxonomy, preprocess,
+                  split, device)
+
+
+def evaluate_loaded(m: Loaded, batch_size: int | None = None, itrr_mode: str = "batch") -> dict:
+    """compute_metrics() of one checkpoint on its test split, plus images/s and the batch size."""
+    from rald_fast.evaluation import compute_metrics, predict_split
+
+    batch = batch_size or m.cfg.run.eval_batch_size
+    pred = predict_split(m.model, m.split, m.preprocess, batch, m.device, m.cfg.run.seed,
+                         itrr_mode, getattr(m.model, "itrr_bank", None))
+    metrics = compute_metrics(pred["probs"], pred["labels"], m.taxonomy)
+    metrics.update(images_per_s=pred["images_per_s"], batch_size=batch, itrr_mode=itrr_mode)
+    return metrics
+
+
+def read_table1_csv(text: str) -> dict[str, dict[tuple[str, str], float]]:
+    """model -> {(level, label): accuracy}, parsed back from `reports.table1_csv`."""
+    rows = list(csv.reader(io.StringIO(text)))
+    models = rows[0][2:]
+    return {name: {(r[0], r[1]): float(r[2 + i]) for r in rows[1:]} for i, name in enumerate(models)}
+
+
+def run_compare(checkpoints: list[str], names: list[str] | None, batch_size: int | None,
+                device: str, out: Path) -> str:
+    from rald_fast.reports import plot_confusion, table1_csv, table1_markdown
+
+    if names and len(names) != len(checkpoints):
+        raise ValueError(f"--names: {len(names)} names for {len(checkpoints)} checkpoints")
+    metrics: dict[str, dict] = {}
+    taxonomy = None
+    for i, path in enumerate(checkpoints):
+        m = load_eval(path, device, names[i] if names else None)
+        if taxonomy is not None and list(m.taxonomy.fine) != list(taxonomy.fine):
+            raise ValueError(f"{path}: taxonomy {m.taxonomy.name!r} differs from the first "
+                             f"checkpoint's {taxonomy.name!r}; Table 1 needs one label set")
+        taxonomy = m.taxonomy
+        name = m.name if m.name not in metrics else f"{m.name}_{i}"
+        metrics[name] = evaluate_loaded(m, batch_size)
+        metrics[name]["checkpoint"] = str(path)
+        plot_confusion(metrics[name]["confusion"], list(taxonomy.fine),
+                       out / f"confusion_{name}.png",
+                       f"{name} ({m.cfg.variant}): fine accuracy "
+                       f"{100 * metrics[name]['accuracy']:.2f}%")
+    text = table1_markdown(metrics, taxonomy)
+    (out / "compare.md").write_text(text)
+    (out / "compare.csv").write_text(table1_csv(metrics, taxonomy))
+    write_json(out / "compare.json", metrics)
+    return text + f"wrote {out}/compare.md, .csv, .json and confusion_*.png"

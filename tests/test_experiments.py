@@ -1,0 +1,151 @@
+"""`python -m rald_fast.experiments`: every command runs end to end on a tiny budget, writes its table
+and figures, and its tables parse back into the numbers that produced them."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from rald_fast.experiments import ablation, common, sweeps
+from rald_fast.experiments.__main__ import main
+from rald_fast.experiments.compare import read_table1_csv
+from rald_fast.experiments.modes import read_modes_csv
+from rald_fast.experiments.speed import read_fps_csv
+
+TINY = ["--preset", "tiny", "--synth-train-per-class", "1", "--synth-test-per-class", "1",
+        "--image-size", "32", "--epochs", "1", "--threads", "2"]
+
+
+def _png(path: Path) -> None:
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    assert path.stat().st_size > 5_000, f"{path} looks empty"
+
+
+def _final(run_dir: str) -> float:
+    return json.loads((Path(run_dir) / "summary.json").read_text())["final"]["test_acc"]
+
+
+@pytest.fixture(scope="module")
+def exp(tmp_path_factory):
+    """One experiment directory shared by the tests below: ablation rows a and rald, two seeds."""
+    out = tmp_path_factory.mktemp("exp")
+    assert main(["ablation", "--out", str(out), *TINY, "--variants", "a", "rald",
+                 "--seeds", "2"]) == 0
+    return out
+
+
+def test_ablation_table_parses_back(exp):
+    rows = json.loads((exp / "ablation.json").read_text())
+    assert [r["variant"] for r in rows] == ["a", "rald"]
+    parsed = ablation.read_ablation_csv((exp / "ablation.csv").read_text())
+    md = (exp / "ablation.md").read_text()
+    for r in rows:
+        accs = [_final(d) for d in r["runs"]]          # the numbers that produced the table
+        assert parsed[r["variant"]] == pytest.approx(accs, abs=1e-6)
+        assert r["mean"] == pytest.approx(sum(accs) / 2)
+        assert common.fmt_pct(r["mean"], r["std"]) in md and "±" in md
+    assert "| Ours (RALD) | ✓ | ✓ | ✓ | ✓ |" in md and "| (a) |  |  |  |  |" in md
+    assert len({d for r in rows for d in r["runs"]}) == 4  # seeds 0, 1 are separate runs
+    _png(exp / "ablation.png")
+
+
+def test_ablation_rows_follow_table3():
+    assert ablation.ROWS == ["a", "b", "c", "d", "e", "f", "g", "rald"]
+    fake = [{"variant": v, **{m: ablation.VARIANTS[v][m] for m in ablation.MODULES},
+             "seeds": [0], "accuracy": [0.5], "mean": 0.5, "std": math.nan,
+             "coarse_accuracy": [0.6], "coarse_mean": 0.6, "paper": ablation.PAPER[v]}
+            for v in ablation.ROWS]
+    md = ablation.ablation_markdown(fake).splitlines()
+    assert md[2 + 2] == "| (c) | ✓ |  |  | ✓ | 50.00 | 60.00 | 96.45 |"   # ITRR + NNLDL
+    assert md[2 + 5] == "| (f) |  | ✓ | ✓ |  | 50.00 | 60.00 | 96.06 |"   # HLRR + LGIFO
+
+
+def test_finished_runs_are_not_trained_again(exp, monkeypatch):
+    import rald_fast.training
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(rald_fast.training, "fit", no_training)
+    before = (exp / "ablation.csv").read_text()
+    assert main(["ablation", "--out", str(exp), *TINY, "--variants", "a", "rald",
+                 "--seeds", "2"]) == 0
+    assert (exp / "ablation.csv").read_text() == before
+
+
+def test_ksweep_and_noise_share_runs_and_parse_back(exp):
+    n_runs = len(list((exp / "runs").iterdir()))
+    assert main(["ksweep", "--out", str(exp), *TINY, "--k-values", "2", "5"]) == 0
+    assert main(["noise", "--out", str(exp), *TINY, "--flip-percents", "0", "10",
+                 "--models", "a", "rald"]) == 0
+    # k = 5 and the 10 % points are the ablation's seed-0 runs: 1 + 2 new runs only
+    assert len(list((exp / "runs").iterdir())) == n_runs + 3
+    for name, key in (("ksweep", "k"), ("noise", "synth_flip_prob")):
+        points = json.loads((exp / f"{name}.json").read_text())
+        parsed = sweeps.read_sweep_csv((exp / f"{name}.csv").read_text(), key)
+        for p in points:
+            assert parsed[p["variant"], float(p[key])] == pytest.approx(
+                [_final(d) for d in p["runs"]], abs=1e-6)
+            assert f"{100 * p['mean']:.2f}" in (exp / f"{name}.md").read_text()
+        _png(exp / f"{name}.png")
+    noise = json.loads((exp / "noise.json").read_text())
+    ablation_rald = json.loads((exp / "ablation.json").read_text())[1]
+    assert [p["accuracy"][0] for p in noise if p["variant"] == "rald"][1] == \
+        ablation_rald["accuracy"][0]
+
+
+def test_compare_figures_modes(exp, tmp_path):
+    rows = json.loads((exp / "ablation.json").read_text())
+    base, rald = (Path(r["runs"][0]) / "last.pt" for r in rows)
+    assert main(["compare", str(base), str(rald), "--names", "ResNet18", "RALD",
+                 "--out", str(tmp_path)]) == 0
+    metrics = json.loads((tmp_path / "compare.json").read_text())
+    table = read_table1_csv((tmp_path / "compare.csv").read_text())
+    for name in ("ResNet18", "RALD"):
+        assert table[name]["overall", "fine accuracy"] == pytest.approx(
+            metrics[name]["accuracy"], abs=1e-6)
+        assert table[name]["coarse", "anger"] == pytest.approx(
+            metrics[name]["per_coarse"]["anger"], abs=1e-6)
+        _png(tmp_path / f"confusion_{name}.png")
+    assert [k[0] for k in table["RALD"]][:2] == ["valence", "valence"]
+
+    assert main(["figures", "--baseline", str(base), "--rald", str(rald), "--queries", "2",
+                 "--batch-size", "16", "--out", str(tmp_path / "fig")]) == 0
+    for png in ("tsne", "neighbours", "curves", "confusion_baseline", "confusion_rald"):
+        _png(tmp_path / "fig" / f"{png}.png")
+    fig = json.loads((tmp_path / "fig" / "figures.json").read_text())
+    assert len(fig["neighbours"][0]["weights"]) == 5
+    assert sum(fig["neighbours"][0]["weights"]) == pytest.approx(1.0, abs=1e-5)
+    assert 0 <= fig["tsne"]["rald"]["knn_coarse_agreement"] <= 1
+
+    assert main(["modes", str(rald), "--batch-sizes", "1", "8", "--out", str(tmp_path)]) == 0
+    modes = json.loads((tmp_path / "modes.json").read_text())
+    parsed = read_modes_csv((tmp_path / "modes.csv").read_text())
+    assert {(r["itrr_mode"], r["batch_size"]): r["accuracy"] for r in modes["rows"]} == \
+        pytest.approx(parsed, abs=1e-6)
+    assert len(parsed) == 6
+    # bank and self do not depend on the batch-mates: the same accuracy at every batch size
+    assert parsed["self", 1] == pytest.approx(parsed["self", 8])
+    assert parsed["bank", 1] == pytest.approx(parsed["bank", 8])
+
+
+def test_fps(exp, tmp_path):
+    rows = json.loads((exp / "ablation.json").read_text())
+    ckpts = [str(Path(r["runs"][0]) / "last.pt") for r in rows]
+    assert main(["fps", "--checkpoints", *ckpts, "--batch-size", "4", "--warmup", "1",
+                 "--iters", "2", "--threads", "2", "--out", str(tmp_path)]) == 0
+    got = json.loads((tmp_path / "fps.json").read_text())
+    parsed = read_fps_csv((tmp_path / "fps.csv").read_text())
+    assert [r["variant"] for r in got] == ["a", "rald"]
+    for r in got:
+        assert r["images_per_s"] > 0
+        assert parsed[r["model"], 32] == pytest.approx(r["images_per_s"], rel=1e-4)
+
+
+def test_bad_options_are_reported(exp, capsys):
+    from rald_fast.cli import run_cli
+
+    assert run_cli(lambda: main(["ablation", "--out", str(exp), *TINY, "--seeds", "0"])) == 2
+    assert "--seeds must be >= 1" in capsys.readouterr().err
+    assert run_cli(lambda: main(["compare", str(exp / "nope.pt"), "--out", str(exp)])) == 2
