@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from rald_fast.cli import run_cli
+from rald_fast.models.rald import ITRR_MODES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "test"],
                    help="which split of the run's dataset to evaluate (default test)")
     p.add_argument("--batch-size", type=int, help="test batch size (default: the run's)")
-    p.add_argument("--itrr-mode", default="batch", choices=["batch", "bank", "self"],
+    p.add_argument("--itrr-mode", default="batch", choices=ITRR_MODES,
                    help="ITRR context at test time: batch (the paper: the test batch), bank (the "
                         "checkpoint's reference bank + the image itself), self (the image only); "
                         "bank and self do not depend on batch-mates (default batch)")

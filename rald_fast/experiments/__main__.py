@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 from rald_fast.cli import run_cli
+from rald_fast.models.rald import ITRR_MODES
 from rald_fast.experiments.common import add_budget_arguments, experiment_dir
 
 
@@ -75,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("modes", help="ITRR inference modes x test batch sizes")
     m.add_argument("checkpoint", metavar="CKPT")
     m.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 128], metavar="N")
-    m.add_argument("--itrr-modes", nargs="+", default=["batch", "bank", "self"], metavar="MODE")
+    m.add_argument("--itrr-modes", nargs="+", default=list(ITRR_MODES),
+                   choices=ITRR_MODES, metavar="MODE")
     m.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     m.add_argument("--out", default="runs/experiments")
     return p

@@ -76,15 +76,13 @@ class FoldedRALD(nn.Module):
         self.head = model.head
 
     def _itrr(self, x: torch.Tensor) -> torch.Tensor:
-        q, k = self.itrr.project_qk(x, x)                                      # (h, N, D/h)
-        v = self.itrr.split_heads(self.itrr.w_v(x))
         if self.itrr_mode == "batch":
+            q, k = self.itrr.project_qk(x, x)                                  # (h, N, D/h)
+            v = self.itrr.split_heads(self.itrr.w_v(x))
             return self.itrr.finish(_attend(q, k, v, self.scale), x)
-        if self.itrr_mode == "self":
-            return self.itrr.finish(v, x)                                      # softmax over one key
-        own = self.scale * (q * k).sum(-1, keepdim=True)                       # (h, N, 1)
-        p = torch.cat([self.scale * q @ self.bank_k.transpose(1, 2), own], -1).softmax(-1)
-        return self.itrr.finish(p[..., :-1] @ self.bank_v + p[..., -1:] * v, x)
+        if self.itrr_mode == "bank":
+            return self.itrr.forward_fixed_context(x, self.bank_k, self.bank_v)
+        return self.itrr.forward_fixed_context(x)                              # `self`
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """F^ (N, D): the features the head reads."""
