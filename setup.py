@@ -22,6 +22,7 @@ setup(
         "pyyaml>=6",         # taxonomy files
         "tqdm>=4.66",
         "matplotlib>=3.8",   # confusion matrices and figures
+        "scikit-learn>=1.3",  # t-SNE, silhouette and nearest neighbours (python -m rald_fast.experiments figures)
         # face detection (rald_fast.faces): 4.x ships the Haar cascades, 5.0 dropped them
         "opencv-python-headless>=4.8,<5",
         # export and the engine (rald_fast.export, rald_fast.engine): ONNX files, their checker, the
@@ -32,5 +33,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-benchmark>=4", "scipy>=1.11", "pytest-timeout>=2", "scikit-image>=0.22"],
+        # optional GPU back-ends, never installed by the tests (no GPU on the CI machine): a
+        # TensorRT engine and Torch-TensorRT modules (rald_fast.export.tensorrt, the engine)
+        "tensorrt": ["tensorrt>=10", "torch-tensorrt>=2.4"],
     },
 )

@@ -10,11 +10,10 @@ weights do not matter for speed. `extra_info` records faces/s, each stage's seco
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
-
-cv2 = pytest.importorskip("cv2")
-skdata = pytest.importorskip("skimage.data")
+import skimage.data as skdata
 
 from rald_fast.face_pipeline import FacePipeline
 from rald_fast.faces import HaarFaceDetector

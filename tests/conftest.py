@@ -1,13 +1,45 @@
-"""Shared fixtures: every RNG seeded, synthetic data cached per session, tiny configs."""
+"""Shared fixtures: every RNG seeded, synthetic data cached per session, tiny configs, and the mode
+Triton's kernels run in.
+
+Triton's CPU interpreter can only be switched on before `triton` is first imported
+(rald_fast/kernels/_runtime.py). On a machine without CUDA this file switches it on for the whole
+test session, so every kernel test runs in-process against its PyTorch reference. The few tests that
+need Triton in compiled mode (compiling the kernels for sm_90, the error for CPU tensors outside the
+interpreter) are marked `compiled_triton`: in an interpreted session they are deselected here and
+`test_compiled_triton_in_subprocess` runs them in a child process started with TRITON_INTERPRET=0.
+Nothing is skipped for being in the wrong mode.
+"""
 
 from __future__ import annotations
 
 import os
 
-import pytest
+import torch
 
-from rald_fast import kernels
-from rald_fast.kernels.testing import seed_everything
+if not torch.cuda.is_available():  # before anything imports triton (rald_fast.kernels does)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from rald_fast import kernels  # noqa: E402
+from rald_fast.kernels.testing import seed_everything  # noqa: E402
+
+COMPILED_MARK = "compiled_triton"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", f"{COMPILED_MARK}: needs Triton in compiled mode (run in a "
+                                       "subprocess when this session interprets)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not kernels.interpret_mode():
+        return
+    keep = [it for it in items if COMPILED_MARK not in it.keywords]
+    gone = [it for it in items if COMPILED_MARK in it.keywords]
+    if gone:
+        config.hook.pytest_deselected(items=gone)
+        items[:] = keep
 
 
 @pytest.fixture(autouse=True)
@@ -31,7 +63,7 @@ def synthetic_cache(tmp_path_factory):
 
 @pytest.fixture
 def interpret():
-    """Kernel tests that need Triton's interpreter: in-process when pytest runs with
-    TRITON_INTERPRET=1, else skipped here and rerun by each file's test_interpreted_in_subprocess."""
+    """Kernel tests that run Triton on CPU tensors: they need Triton's interpreter, which this
+    conftest turns on for a session on a machine without CUDA."""
     if not kernels.interpret_mode():
-        pytest.skip("triton imported in compiled mode: run by test_interpreted_in_subprocess")
+        pytest.skip("CUDA session: Triton runs compiled, the CPU-interpreter tests do not apply")

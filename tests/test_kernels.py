@@ -1,9 +1,9 @@
 """Hierarchy-biased attention (rald_fast.kernels.attention): Triton kernels against the reference.
 
 CPU runs use Triton's interpreter, which can only be switched on before triton is imported
-(rald_fast/kernels/_runtime.py). Tests taking the `interpret` fixture run in-process when pytest was
-started with TRITON_INTERPRET=1; otherwise they skip here and `test_interpreted_in_subprocess` reruns
-this file in a TRITON_INTERPRET=1 subprocess, so one plain `pytest tests/` covers them. Tolerances, fp32
+(rald_fast/kernels/_runtime.py): tests/conftest.py switches it on for a test session on a machine
+without CUDA, so the tests taking the `interpret` fixture run in-process. The few tests that need
+Triton in compiled mode are marked `compiled_triton` and run in a subprocess (conftest.py). Tolerances, fp32
 on CPU: the kernel sums in another order (online softmax, blocked dots), so elements differ by a few
 ulps times the reduction length: atol 1e-5 / rtol 1e-4 for outputs and q, k, v gradients; the bias
 table gradient sums dS over up to Lq * Lk entries per bucket, hence atol 1e-4.
@@ -21,12 +21,7 @@ from rald_fast.kernels import _runtime, attention, attention_op, attention_ref
 
 # the package attribute `attention` is the function; the module of the same name lives in sys.modules
 attention_module = importlib.import_module("rald_fast.kernels.attention")
-from rald_fast.kernels.testing import (
-    assert_close,
-    assert_within_ref_error,
-    check_interpreted_run,
-    run_pytest_interpreted,
-)
+from rald_fast.kernels.testing import assert_close, assert_within_ref_error, check_child_run, run_pytest_in_mode
 
 INTERPRETED = kernels.interpret_mode()
 needs_triton = pytest.mark.skipif(not kernels.HAS_TRITON, reason="triton not installed")
@@ -37,16 +32,18 @@ FP32_TOL = dict(atol=1e-5, rtol=1e-4)
 DBIAS_TOL = dict(atol=1e-4, rtol=1e-4)
 
 
+@needs_triton
+@pytest.mark.skipif(not INTERPRETED, reason="CUDA session: the compiled-mode tests run in it directly")
+def test_compiled_triton_in_subprocess():
+    """The `compiled_triton` tests (deselected in this interpreted session) in a compiled-mode child."""
+    check_child_run(*run_pytest_in_mode("-m", "compiled_triton", "tests/test_kernels.py",
+                                        "tests/test_kernels_compile.py", interpret=False))
+
+
 @pytest.fixture
 def composite(monkeypatch):
     """Route the custom op to its fp32 PyTorch composite (its implementation where Triton can't run)."""
     monkeypatch.setattr(attention_module, "can_launch", lambda t: False)
-
-
-@needs_triton
-@pytest.mark.skipif(INTERPRETED, reason="already interpreting in-process")
-def test_interpreted_in_subprocess():
-    check_interpreted_run(*run_pytest_interpreted(__file__))
 
 
 def rald_xi(sigma: int = 500) -> torch.Tensor:
@@ -203,7 +200,7 @@ def test_env_switch_forces_triton(interpret, monkeypatch):
 
 
 @needs_triton
-@pytest.mark.skipif(INTERPRETED, reason="the interpreter runs CPU tensors")
+@pytest.mark.compiled_triton
 def test_triton_on_cpu_without_interpreter_raises_clearly():
     q, k, v, _, _ = make_inputs(1, 3, 3, 16, 16, bias=False)
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):

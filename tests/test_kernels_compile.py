@@ -4,7 +4,8 @@ The interpreter (test_kernels.py) checks the maths but not what only the compile
 `tl.dot` shapes, constexpr branches, shared memory. Triton can compile down to a cubin with no GPU
 present (its bundled ptxas), so these tests compile each kernel with the constexprs the launchers
 use and check that the shared memory fits an sm_90 block (227 KiB). They need Triton in compiled
-mode, so they skip in the interpreted subprocess; ~40 s on 2 CPU cores (Triton caches the
+mode: marked `compiled_triton`, an interpreted session runs them in a child process
+(tests/conftest.py); ~40 s on 2 CPU cores (Triton caches the
 results under ~/.triton/cache, so reruns take seconds).
 """
 
@@ -16,8 +17,8 @@ import pytest
 
 from rald_fast import kernels
 
-pytestmark = pytest.mark.skipif(not kernels.HAS_TRITON or kernels.interpret_mode(),
-                                reason="needs triton in compiled mode")
+pytestmark = [pytest.mark.compiled_triton,
+              pytest.mark.skipif(not kernels.HAS_TRITON, reason="triton not installed")]
 SM90_SMEM = 232448  # bytes of shared memory one block may use on sm_90
 
 

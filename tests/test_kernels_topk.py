@@ -1,7 +1,7 @@
 """NNLDL neighbour targets (rald_fast.kernels.topk, SPEC 4, eq. 18): streaming Triton vs reference.
 
-Interpreter handling as in test_kernels.py: `interpret` tests run in-process under TRITON_INTERPRET=1,
-else `test_interpreted_in_subprocess` reruns this file in such a process. Indices must match the
+Interpreter handling as in test_kernels.py: `interpret` tests run in-process (tests/conftest.py turns
+the interpreter on for a session without CUDA). Indices must match the
 reference exactly (the random data have no near-ties at fp32 resolution; exact ties are built on
 purpose below and must break towards the lower key index). Weights and targets, fp32: the kernel sums
 the head probabilities in another order, a few ulps: atol 1e-6 on weights and D (values <= 1).
@@ -14,7 +14,7 @@ import torch
 
 from rald_fast import kernels
 from rald_fast.kernels import _runtime, neighbour_targets, neighbour_targets_ref, neighbour_targets_triton
-from rald_fast.kernels.testing import assert_close, check_interpreted_run, run_pytest_interpreted
+from rald_fast.kernels.testing import assert_close
 
 INTERPRETED = kernels.interpret_mode()
 needs_triton = pytest.mark.skipif(not kernels.HAS_TRITON, reason="triton not installed")
@@ -22,12 +22,6 @@ needs_cuda = pytest.mark.skipif(not (torch.cuda.is_available() and kernels.HAS_T
                                 reason="needs CUDA + triton, compiled (not interpreted)")
 SCALE = 0.125
 TOL = dict(atol=1e-6, rtol=1e-5)
-
-
-@needs_triton
-@pytest.mark.skipif(INTERPRETED, reason="already interpreting in-process")
-def test_interpreted_in_subprocess():
-    check_interpreted_run(*run_pytest_interpreted(__file__))
 
 
 def make(H, N, M, D, C=7, scale_q=1.0, device="cpu", dtype=torch.float32):

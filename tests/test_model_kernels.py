@@ -1,8 +1,8 @@
 """The model with the Triton kernels on and off (issue 4): same outputs, close losses, and the
 model that calls the custom ops traces under torch.compile and torch.export.
 
-Kernel runs need Triton's interpreter on this CPU; as in test_kernels.py they run in-process when
-pytest was started with TRITON_INTERPRET=1, else `test_interpreted_in_subprocess` reruns this file.
+Kernel runs need Triton's interpreter on a CPU; as in test_kernels.py they run in-process
+(tests/conftest.py turns the interpreter on for a session without CUDA).
 """
 
 import pytest
@@ -11,8 +11,7 @@ import torch
 from rald_fast import kernels
 from rald_fast.config import make_config
 from rald_fast.hierarchy import fg_emotions
-from rald_fast.kernels.testing import (assert_close, check_interpreted_run, run_pytest_interpreted,
-                                       seed_everything)
+from rald_fast.kernels.testing import assert_close, seed_everything
 from rald_fast.models import build_model, rald_loss
 
 INTERPRETED = kernels.interpret_mode()
@@ -48,11 +47,6 @@ def test_kernels_on_and_off_agree(interpret, monkeypatch):
     # fp32 everywhere; the kernel's online softmax sums in another order: 1e-4 absorbs that
     assert_close(tri_logits, ref_logits, atol=1e-4, rtol=1e-4, name="first-step logits")
     assert_close(tri_losses, ref_losses, atol=1e-4, rtol=1e-4, name="losses over 3 steps")
-
-
-@pytest.mark.skipif(INTERPRETED, reason="already interpreting in-process")
-def test_interpreted_in_subprocess():
-    check_interpreted_run(*run_pytest_interpreted(__file__))
 
 
 def test_model_head_compiles_and_exports():

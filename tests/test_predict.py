@@ -15,11 +15,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
-
-cv2 = pytest.importorskip("cv2")
-skdata = pytest.importorskip("skimage.data")
+import skimage.data as skdata
 
 from rald_fast.cli import run_cli
 from rald_fast.faces import Box, HaarFaceDetector, crop_face, draw_faces, predict_faces

@@ -1,9 +1,8 @@
-"""Test helpers for the kernels (and for model tests that run them): interpreter runs, comparisons.
+"""Test helpers for the kernels (and for model tests that run them): comparisons, seeding, and a
+pytest run in the other Triton mode.
 
-Triton's CPU interpreter can only be switched on before `triton` is imported (see _runtime.py), so a
-test that needs it either finds the process already interpreting (`interpret_mode()`, the process
-was started with TRITON_INTERPRET=1) or reruns its file in a fresh interpreter process
-(`run_pytest_interpreted`). Both kernel test files do this with a skip marker plus one driver test.
+Triton's CPU interpreter can only be switched on before `triton` is imported (see _runtime.py): a test
+session runs in one mode, and tests that need the other run in a child process (`run_pytest_in_mode`).
 """
 
 from __future__ import annotations
@@ -16,23 +15,26 @@ from pathlib import Path
 import torch
 
 
-def run_pytest_interpreted(*paths: str, timeout: float = 1200.0) -> tuple[int, str]:
-    """Run pytest on `paths` in a subprocess started with TRITON_INTERPRET=1 (and CUDA hidden, so
-    the subprocess runs only the CPU interpreter tests). Returns (exit code, combined output)."""
-    env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
+def run_pytest_in_mode(*args: str, interpret: bool, timeout: float = 1200.0) -> tuple[int, str]:
+    """Run `pytest *args` in a child process whose Triton is interpreted (`interpret=True`, CUDA
+    hidden) or compiled. Returns (exit code, combined output)."""
+    env = dict(os.environ, TRITON_INTERPRET="1" if interpret else "0")
+    if interpret:
+        env["CUDA_VISIBLE_DEVICES"] = ""
     root = Path(__file__).resolve().parents[2]  # repository root: rald_fast/ is importable from it
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH", "")) if p)
-    cmd = [sys.executable, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider", *paths]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider", *args]
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout,
                           check=False)
     return proc.returncode, proc.stdout + proc.stderr
 
 
-def check_interpreted_run(rc: int, output: str) -> None:
-    """Fail unless the interpreted subprocess passed and actually ran the interpreter tests."""
+def check_child_run(rc: int, output: str) -> None:
+    """Fail unless the child pytest passed, ran something, and skipped nothing."""
     tail = output[-8000:]
-    assert rc == 0, f"interpreted kernel tests failed (exit {rc}):\n{tail}"
-    assert " passed" in output, f"interpreted kernel tests ran nothing:\n{tail}"
+    assert rc == 0, f"child pytest run failed (exit {rc}):\n{tail}"
+    assert " passed" in output, f"child pytest run ran nothing:\n{tail}"
+    assert " skipped" not in output, f"child pytest run skipped tests:\n{tail}"
 
 
 def seed_everything(seed: int = 0) -> None:
