@@ -10,7 +10,6 @@ weights do not matter for speed. `extra_info` records faces/s, each stage's seco
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pytest
 import skimage.data as skdata

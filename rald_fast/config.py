@@ -33,7 +33,9 @@ class ModelConfig:
     input_residual: bool = True             # add the block input to M; the paper adds none, and
                                             # without it RALD does not train (docs/DESIGN.md)
     dropout: float = 0.1                    # FFN dropout inside the attention blocks
-    label_vectors: Optional[str] = None     # word2vec/GloVe file; None = bundled en_core_web_md
+    label_vectors: str = "glove50"          # glove50 | spacy300 (bundled) | onehot | a vectors file
+    xi_reading: str = "spd"                 # eq. (9): spd = shortest path for every reachable pair
+                                            # (siblings 2); literal = SPD only along an edge, sigma else
 
 
 @dataclass
@@ -43,6 +45,11 @@ class LossConfig:
     nnldl_weight: float = 1.0   # weight of L_KL in L = CE + L_KL (eq. 21 uses 1)
     nnldl_grad: bool = False    # let gradients flow through the target D (SPEC 4: stop-gradient)
     nnldl_bank: int = 0         # also draw neighbours from the last M training images (0: batch only)
+    nnldl_relation: str = "attention"  # what ranks neighbours: attention (R_v as printed: ITRR's
+                                       # head-mean softmax) | symmetric (R_v + R_v^T) | cosine-f
+                                       # (backbone features F) | cosine-ftilde (ITRR output F~)
+    nnldl_tau: float = 0.1      # temperature of the cosine relations' softmax weights
+    nnldl_warmup: int = 0       # epochs of CE alone before L_KL starts
 
 
 @dataclass
@@ -57,6 +64,7 @@ class DataConfig:
     synth_flip_prob: float = 0.1     # share of ambiguous (flipped) training labels
     synth_seed: int = 0
     synth_difficulty: float = 1.0    # scales identity/pose/lighting/occlusion nuisance
+    synth_fine_offset: float = 1.0   # scales the differences between fine classes of one group
     hflip: bool = True          # random horizontal flip during training
     workers: int = 0            # image decode threads (images are decoded once, kept in memory)
     train_split: str = "auto"   # split name; auto = train (AffectNet training|train_set)
@@ -129,16 +137,19 @@ SCHEDULES: dict[str, dict[str, Any]] = {
     # SPEC 5 (section 4.2 of the paper)
     "paper": dict(epochs=300, batch_size=128, lr=0.01, lr_step=100, lr_gamma=0.1,
                   weight_decay=5e-3, image_size=224),
-    # the no-argument run: synthetic data, 2-core CPU, a few minutes (README gives the numbers)
-    "quick": dict(epochs=14, batch_size=64, lr=0.05, lr_step=10, lr_gamma=0.1, weight_decay=5e-3,
-                  attn_lr_mult=0.1, image_size=48, synth_difficulty=0.5, eval_every=7,
-                  eval_batch_size=64),
+    # the no-argument run: synthetic data, 2-core CPU, a few minutes; also the budget of the
+    # multi-seed study in docs/RESULTS.md (README gives the numbers)
+    "quick": dict(epochs=5, batch_size=64, lr=0.05, lr_step=4, lr_gamma=0.1, weight_decay=5e-3,
+                  attn_lr_mult=0.1, image_size=40, synth_difficulty=0.2, synth_fine_offset=2.0,
+                  eval_every=1, eval_batch_size=64),
     # for tests: seconds
     "tiny": dict(epochs=2, batch_size=16, image_size=32, synth_train_per_class=3,
                  synth_test_per_class=2, eval_batch_size=16, progress=False),
 }
 
 AMP_MODES = ("none", "bf16", "fp16")  # --amp: autocast dtype of the training step
+XI_READINGS = ("spd", "literal")      # --xi-reading, eq. (9)
+NNLDL_RELATIONS = ("attention", "symmetric", "cosine-f", "cosine-ftilde")  # --nnldl-relation
 
 # Table 3 of the paper: which modules are on. (a) is the bare ResNet18.
 VARIANTS: dict[str, dict[str, bool]] = {
@@ -195,6 +206,15 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"--nnldl-bank must be >= 0, got {lo.nnldl_bank}")
     if lo.k < 1:
         raise ValueError(f"--k must be >= 1, got {lo.k}")
+    if lo.nnldl_relation not in NNLDL_RELATIONS:
+        raise ValueError(f"--nnldl-relation must be one of {', '.join(NNLDL_RELATIONS)}, "
+                         f"got {lo.nnldl_relation!r}")
+    if lo.nnldl_tau <= 0:
+        raise ValueError(f"--nnldl-tau must be > 0, got {lo.nnldl_tau}")
+    if lo.nnldl_warmup < 0:
+        raise ValueError(f"--nnldl-warmup must be >= 0, got {lo.nnldl_warmup}")
+    if m.xi_reading not in XI_READINGS:
+        raise ValueError(f"--xi-reading must be one of {', '.join(XI_READINGS)}, got {m.xi_reading!r}")
     if m.hlrr and not m.lgifo:
         raise ValueError("--hlrr without --lgifo has no effect: HLRR only feeds LGIFO's keys")
     for name, val in (("epochs", o.epochs), ("batch-size", o.batch_size), ("lr-step", o.lr_step)):

@@ -17,19 +17,25 @@ import time
 import numpy as np
 import torch
 
+from rald_fast import kernels
+from rald_fast.config import LossConfig
 from rald_fast.data.dataset import Split
 from rald_fast.data.transforms import Preprocess
 from rald_fast.hierarchy import Taxonomy
+from rald_fast.models.losses import neighbour_stats, relation_qk
 
 
 @torch.no_grad()
 def predict_split(model, split: Split, preprocess: Preprocess, batch_size: int,
                   device: torch.device, seed: int = 0, itrr_mode: str = "batch",
-                  itrr_bank: torch.Tensor | None = None) -> dict:
+                  itrr_bank: torch.Tensor | None = None, neighbours: LossConfig | None = None) -> dict:
     """Probabilities (N, C_f) and features (N, D) in the split's order, plus images/s.
 
     itrr_mode: `batch` (the paper), `bank` (attend to `itrr_bank`, the checkpoint's reference
-    features, plus itself) or `self`; see `RALD.forward_head`."""
+    features, plus itself) or `self`; see `RALD.forward_head`.
+    neighbours: with ITRR in batch mode, also report NNLDL's neighbour purity on these batches
+    (`neighbour_stats`) for the relation of this loss config and, for comparison, for the cosine
+    of the backbone features F: key "neighbours", batch-size weighted means."""
     model.eval()
     n = len(split)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
@@ -37,16 +43,39 @@ def predict_split(model, split: Split, preprocess: Preprocess, batch_size: int,
     probs = torch.empty(n, model.taxonomy.num_fine)
     feats = torch.empty(n, model.cfg.dim)
     seconds = 0.0
+    sums: dict[str, float] = {}
     for start in range(0, n, batch_size):
         idx = order[start:start + batch_size]
         x = preprocess.normalize(split.images[idx].to(device))
         t0 = time.perf_counter()
         out = model.forward_head(model.forward_features(x), labels_tokens, itrr_mode, itrr_bank)
-        p = out["logits"].float().softmax(-1).cpu()
+        p = out["logits"].float().softmax(-1)
         seconds += time.perf_counter() - t0
-        probs[idx], feats[idx] = p, out["features"].float().cpu()
-    return {"probs": probs.numpy(), "features": feats.numpy(), "labels": split.labels.numpy(),
-            "images_per_s": n / max(seconds, 1e-9)}
+        probs[idx], feats[idx] = p.cpu(), out["features"].float().cpu()
+        if neighbours is not None and "itrr_q" in out and len(idx) > 1:
+            for k, v in batch_neighbour_stats(out, p, split.labels[idx].to(device), model, neighbours).items():
+                sums[k] = sums.get(k, 0.0) + v * len(idx)
+    result = {"probs": probs.numpy(), "features": feats.numpy(), "labels": split.labels.numpy(),
+              "images_per_s": n / max(seconds, 1e-9)}
+    if sums:
+        counted = sum(len(order[s:s + batch_size]) for s in range(0, n, batch_size)
+                      if len(order[s:s + batch_size]) > 1)
+        result["neighbours"] = {k: v / counted for k, v in sums.items()}
+    return result
+
+
+def batch_neighbour_stats(out: dict, probs: torch.Tensor, labels: torch.Tensor, model,
+                          cfg: LossConfig) -> dict[str, float]:
+    """NNLDL's neighbour purity for one batch: for `cfg`'s relation, and (suffix `_cosine_f`) for
+    the cosine of the backbone features F; see `losses.neighbour_stats`."""
+    coarse_of = torch.as_tensor(model.taxonomy.coarse_of_fine(), device=labels.device)
+    stats = {}
+    for relation, suffix in ((cfg.nnldl_relation, ""), ("cosine-f", "_cosine_f")):
+        q, k, s = relation_qk(out, relation, model.cfg.scale, cfg.nnldl_tau)
+        _, nn_idx, _ = kernels.neighbour_targets(q, k, probs, cfg.k, s)
+        for name, v in neighbour_stats(nn_idx, labels, labels, coarse_of).items():
+            stats[name + suffix] = float(v)
+    return stats
 
 
 def compute_metrics(probs: np.ndarray, labels: np.ndarray, taxonomy: Taxonomy) -> dict:

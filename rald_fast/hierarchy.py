@@ -129,10 +129,22 @@ class Taxonomy:
                 adj[i, j] = adj[j, i] = 1
         return adj
 
-    def xi(self, sigma: int = SIGMA) -> np.ndarray:
-        """Equation (9): (C, C) int64; 0 on the diagonal, SPD where reachable, sigma elsewhere."""
+    def xi(self, sigma: int = SIGMA, reading: str = "spd") -> np.ndarray:
+        """Equation (9): (C, C) int64; 0 on the diagonal, sigma where v_j is not reachable.
+
+        reading "spd" (Graphormer's, the default): the shortest-path distance for every reachable
+        pair, so fine siblings get 2 (through their parent). "literal": eq. (9) read word for word,
+        SPD only for pairs joined by an edge (coarse-fine: 1) and sigma for every other pair,
+        siblings included.
+        """
         adj = self.adjacency()
         n = len(adj)
+        if reading == "literal":
+            out = np.where(adj > 0, 1, sigma).astype(np.int64)
+            np.fill_diagonal(out, 0)
+            return out
+        if reading != "spd":
+            raise ValueError(f"xi reading must be 'spd' or 'literal', got {reading!r}")
         out = np.full((n, n), sigma, dtype=np.int64)
         for s in range(n):  # breadth-first search: G is unweighted and tiny
             out[s, s] = 0

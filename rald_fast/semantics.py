@@ -1,13 +1,21 @@
 """Label semantic encoder F_s of equation (2): frozen pre-trained word vectors, one row per label node.
 
-SPEC 2: each label of the graph G gets a 300-d pre-trained word vector, S in R^{C x 300}, with no
-gradient. A coarse label whose name repeats one of its fine labels' names (FG-Emotions: anger,
-surprise) takes the mean of its fine labels' vectors (paper section 4.2).
+SPEC 2: each label of the graph G gets a pre-trained word vector, S in R^{C x E}, with no gradient.
+EVERY coarse label takes the mean of its fine labels' vectors (paper section 4.2: "将每个粗粒度标签所属
+细粒度的特征进行平均"); fine labels take their own word's vector.
 
-The vectors of every built-in label ship with the package in ``resources/label_vectors.txt``
-(word2vec text format; source, licence and measurements in ``resources/README.md``), so nothing is
-downloaded at run time. A user's own labels need their own file: word2vec text or binary (``.bin``),
-gensim's native ``.kv`` / ``.model`` saves, or GloVe text without a header line. Nothing here is random.
+The vectors of every built-in label ship with the package (word2vec text format; source, licence and
+measurements in ``resources/README.md``), so nothing is downloaded at run time. ``--label-vectors``
+takes a bundled table by name or a file:
+- ``glove50`` (the default): Stanford GloVe 6B, 50-d. Every label of every built-in taxonomy has its
+  own vector (no two identical), and siblings are closer than unrelated labels.
+- ``spacy300``: spaCy ``en_core_web_md``, 300-d like the paper's word2vec, but its table is pruned
+  so 18 pairs of built-in label words share one identical vector (hate = love, ...).
+- ``onehot``: no word vectors at all: one-hot label tokens (S = identity); HLRR's hierarchy bias
+  still carries the structure. For a taxonomy whose words have no vector file.
+- a PATH: word2vec text or binary (``.bin``), gensim's ``.kv`` / ``.model`` saves, or GloVe text
+  without a header line.
+Nothing here is random.
 """
 
 from __future__ import annotations
@@ -18,7 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-BUNDLED_VECTORS: Path = Path(__file__).resolve().parent / "resources" / "label_vectors.txt"
+RESOURCES = Path(__file__).resolve().parent / "resources"
+BUNDLED: dict[str, Path] = {"glove50": RESOURCES / "label_vectors_glove50.txt",
+                            "spacy300": RESOURCES / "label_vectors.txt"}
+DEFAULT_VECTORS = "glove50"
+ONEHOT = "onehot"
+BUNDLED_VECTORS: Path = BUNDLED[DEFAULT_VECTORS]
+CHOICES_HELP = f"{', '.join(BUNDLED)} (bundled tables), {ONEHOT} (no vectors), or a word-vectors file"
 
 _SPLIT = re.compile(r"[\s_\-]+")
 
@@ -47,11 +61,10 @@ def load_keyed_vectors(path: str | Path | None = None):
     """
     from gensim.models import KeyedVectors
 
-    path = BUNDLED_VECTORS if path is None else Path(path)
+    path = BUNDLED[DEFAULT_VECTORS] if path is None else BUNDLED.get(str(path), Path(path))
     if not path.is_file():
         raise FileNotFoundError(
-            f"label word-vectors file not found: {path}; pass an existing word2vec/GloVe/gensim "
-            f"file with --label-vectors PATH (default: the bundled {BUNDLED_VECTORS})")
+            f"label word-vectors file not found: {path}; pass --label-vectors with {CHOICES_HELP}")
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes[-1:] in ([".kv"], [".model"]):
         obj = KeyedVectors.load(str(path))
@@ -63,8 +76,8 @@ def load_keyed_vectors(path: str | Path | None = None):
 
 
 def _source_name(kv, path) -> str:
-    if path is None:
-        return str(BUNDLED_VECTORS)
+    if path is None or str(path) in BUNDLED:
+        return str(BUNDLED[DEFAULT_VECTORS if path is None else str(path)])
     return str(path) if isinstance(path, (str, Path)) else f"the given {type(kv).__name__}"
 
 
@@ -84,37 +97,34 @@ def _word_vector(kv, name: str, source: str) -> np.ndarray:
             what = f"label {name!r}" if len(words) == 1 else f"word {w!r} of label {name!r}"
             raise MissingLabelVectorError(
                 f"{what} has no vector in {source}; pass a word-vectors file that has it "
-                "(--label-vectors PATH: word2vec text/.bin, GloVe text or gensim .kv)")
+                f"(--label-vectors PATH: word2vec text/.bin, GloVe text or gensim .kv), or "
+                f"--label-vectors {ONEHOT} for one-hot label tokens that need no vectors")
     return np.mean(vecs, axis=0)
 
 
 def label_vectors(names: list[str], kinds: list[str],
                   children: dict[str, list[str]] | None = None, path=None) -> np.ndarray:
-    """S of equation (2): (len(names), dim) float32, one row per label node of G.
+    """S of equation (2): (len(names), E) float32, one row per label node of G.
 
-    ``kinds[i]`` is "fine" or "coarse". A coarse label whose name is also a fine label's name (one of
-    ``names`` with kind "fine", or one of its own ``children``) is the mean of its children's
-    vectors; any other label is its word's vector (mean over words for multi-word names).
-    ``path``: a vectors file (see `load_keyed_vectors`), None for the bundled one, or a loaded
-    ``KeyedVectors``.
+    ``kinds[i]`` is "fine" or "coarse". A fine label is its word's vector (mean over words for
+    multi-word names); every coarse label is the mean of its ``children``'s vectors (section 4.2).
+    ``path``: a bundled table's name or a vectors file (see `load_keyed_vectors`), None for the
+    default table, a loaded ``KeyedVectors``, or ``"onehot"`` (S = identity, E = len(names)).
     """
     if len(names) != len(kinds):
         raise ValueError(f"{len(names)} names but {len(kinds)} kinds")
     bad = sorted({k for k in kinds if k not in ("fine", "coarse")})
     if bad:
         raise ValueError(f"kinds must be 'fine' or 'coarse', got {bad}")
+    children = children or {}
+    orphans = [n for n, k in zip(names, kinds) if k == "coarse" and not children.get(n)]
+    if orphans:
+        raise ValueError(f"coarse label(s) {orphans}: a coarse label's vector is the mean of its fine "
+                         f"labels' vectors, so pass children[{orphans[0]!r}]")
+    if isinstance(path, str) and path == ONEHOT:
+        return np.eye(len(names), dtype=np.float32)
     kv = path if hasattr(path, "key_to_index") else load_keyed_vectors(path)
     source = _source_name(kv, path)
-    fine_names = {n for n, k in zip(names, kinds) if k == "fine"}
-    children = children or {}
-    rows = []
-    for name, kind in zip(names, kinds):
-        kids = children.get(name, [])
-        if kind == "coarse" and (name in fine_names or name in kids):
-            if not kids:
-                raise ValueError(f"coarse label {name!r} repeats a fine label's name, so its vector "
-                                 f"is the mean of its fine labels': pass children[{name!r}]")
-            rows.append(np.mean([_word_vector(kv, c, source) for c in kids], axis=0))
-        else:
-            rows.append(_word_vector(kv, name, source))
+    rows = [np.mean([_word_vector(kv, c, source) for c in children[name]], axis=0) if kind == "coarse"
+            else _word_vector(kv, name, source) for name, kind in zip(names, kinds)]
     return np.stack(rows).astype(np.float32)

@@ -74,6 +74,7 @@ def dataset_root(cfg: Config, taxonomy: Taxonomy | None) -> Path:
         scfg = SyntheticConfig(image_size=d.image_size, train_per_class=d.synth_train_per_class,
                                test_per_class=d.synth_test_per_class, flip_prob=d.synth_flip_prob,
                                seed=d.synth_seed, difficulty=d.synth_difficulty,
+                               fine_offset_scale=d.synth_fine_offset,
                                taxonomy=taxonomy.children())
         return generate(scfg, Path(d.data_root) if d.data_root else None)
     if not d.data_root:
@@ -133,7 +134,9 @@ def train_one_epoch(model: RALD, split: Split, preprocess: Preprocess, optimizer
                     epoch: int, device: torch.device, bank: NeighbourBank | None = None,
                     forward: torch.nn.Module | None = None, info: DistInfo = SINGLE,
                     scaler: torch.amp.GradScaler | None = None) -> dict:
-    """One pass over the training split; returns the epoch's train_* metrics (global batch).
+    """One pass over the training split; returns the epoch's train_* metrics (global batch): the
+    losses, accuracy and speed, and what NNLDL did (`train_nn_purity_*` against `train_nn_chance_*`,
+    `train_itrr_entropy`; losses.py).
 
     Args:
         forward: the training forward (`TrainForward`, DDP-wrapped under torchrun); default the
@@ -151,6 +154,8 @@ def train_one_epoch(model: RALD, split: Split, preprocess: Preprocess, optimizer
     smallest = max(min(bs, 2), info.world_size)
     starts = [s for s in range(0, n, bs) if min(bs, n - s) >= smallest]
     pin = cfg.run.pin_memory and device.type == "cuda"
+    use_nnldl = epoch >= cfg.loss.nnldl_warmup  # CE alone during the warm-up epochs
+    coarse_of = torch.as_tensor(model.taxonomy.coarse_of_fine(), device=device)  # for the diagnostics
     sums: dict[str, torch.Tensor] = {}
     correct = torch.zeros((), dtype=torch.long, device=device)
     seen = 0
@@ -172,7 +177,8 @@ def train_one_epoch(model: RALD, split: Split, preprocess: Preprocess, optimizer
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast_context(cfg.run.amp, device):
             out = forward(x, sizes)
-            parts = rald_loss(out, y, cfg.loss, cfg.model.scale, bank)
+            parts = rald_loss(out, y, cfg.loss, cfg.model.scale, bank, use_nnldl=use_nnldl,
+                              coarse_of=coarse_of)
         # one host sync per step on CPU; on CUDA every 16 steps, so the GPU is never starved
         if (device.type != "cuda" or step % 16 == 15 or step + 1 == len(starts)) and \
                 not torch.isfinite(parts["loss"]):
@@ -202,10 +208,13 @@ def train_one_epoch(model: RALD, split: Split, preprocess: Preprocess, optimizer
 
 def evaluate(model: RALD, data: Data, preprocess: Preprocess, cfg: Config,
              device: torch.device) -> dict:
-    pred = predict_split(model, data.test, preprocess, cfg.run.eval_batch_size, device, cfg.run.seed)
+    pred = predict_split(model, data.test, preprocess, cfg.run.eval_batch_size, device, cfg.run.seed,
+                         neighbours=cfg.loss)
     m = compute_metrics(pred["probs"], pred["labels"], data.taxonomy)
-    return {"test_acc": m["accuracy"], "test_coarse_acc": m.get("coarse_accuracy", math.nan),
-            "test_images_per_s": pred["images_per_s"]}
+    row = {"test_acc": m["accuracy"], "test_coarse_acc": m.get("coarse_accuracy", math.nan),
+           "test_images_per_s": pred["images_per_s"]}
+    row.update({f"test_{k}": v for k, v in pred.get("neighbours", {}).items()})
+    return row
 
 
 def _rng_state() -> dict:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rald_fast.experiments import ablation, common, sweeps
+from rald_fast.experiments import ablation, common, study, sweeps
 from rald_fast.experiments.__main__ import main
 from rald_fast.experiments.compare import read_table1_csv
 from rald_fast.experiments.modes import read_modes_csv
@@ -149,3 +149,24 @@ def test_bad_options_are_reported(exp, capsys):
     assert run_cli(lambda: main(["ablation", "--out", str(exp), *TINY, "--seeds", "0"])) == 2
     assert "--seeds must be >= 1" in capsys.readouterr().err
     assert run_cli(lambda: main(["compare", str(exp / "nope.pt"), "--out", str(exp)])) == 2
+
+
+def test_study_runs_every_part_and_parses_back(tmp_path):
+    out = tmp_path / "study"
+    args = ["study", "--out", str(out), *TINY, "--weight-decays", "5e-4", "5e-3", "--relations", "cosine-f",
+            "--flips", "0", "0.4"]
+    assert main(args) == 0
+    text = (out / "study.md").read_text()
+    for row in ("Weight-decay grid", "(g) no NNLDL", "no input residual", "literal eq. (9)",
+                "relation cosine-f", "Label noise", "40 %"):
+        assert row in text, row
+    parsed = study.read_study_csv((out / "study.csv").read_text())
+    saved = {c["name"]: c["fine"] for c in json.loads((out / "study.json").read_text())["cells"]}
+    assert parsed == {name: [round(a, 6) for a in accs] for name, accs in saved.items()}
+    assert len(parsed) == 2 * 2 + 4 + 2 * 2  # grid, main rows beyond the grid, noise
+    _png(out / "study_curves.png")
+    # a second call trains nothing and writes the same table
+    before = sorted(p.name for p in (out / "runs").iterdir())
+    assert main(args) == 0
+    assert sorted(p.name for p in (out / "runs").iterdir()) == before
+    assert (out / "study.md").read_text() == text

@@ -69,3 +69,15 @@ def test_bad_taxonomy_files(tmp_path, text, match):
 def test_unknown_taxonomy_name():
     with pytest.raises(TaxonomyError, match="not a built-in taxonomy"):
         load_taxonomy("no-such-taxonomy")
+
+
+def test_xi_literal_reading():
+    """Eq. (9) word for word: SPD only along an edge (parent 1), sigma for every other pair."""
+    t = load_taxonomy("fg-emotions")
+    lit, spd = t.xi(SIGMA, "literal"), t.xi(SIGMA)
+    assert (np.diag(lit) == 0).all()
+    np.testing.assert_array_equal(lit == 1, t.adjacency() == 1)
+    assert ((lit == 0) | (lit == 1) | (lit == SIGMA)).all()
+    assert ((spd == 2) <= (lit == SIGMA)).all() and (spd == 2).any()  # siblings: 2 -> sigma
+    with pytest.raises(ValueError, match="literal"):
+        t.xi(SIGMA, "graphormer")

@@ -5,16 +5,12 @@ Kernel runs need Triton's interpreter on a CPU; as in test_kernels.py they run i
 (tests/conftest.py turns the interpreter on for a session without CUDA).
 """
 
-import pytest
 import torch
 
-from rald_fast import kernels
 from rald_fast.config import make_config
 from rald_fast.hierarchy import fg_emotions
 from rald_fast.kernels.testing import assert_close, seed_everything
 from rald_fast.models import build_model, rald_loss
-
-INTERPRETED = kernels.interpret_mode()
 
 
 def tiny(variant="rald"):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from rald_fast.hierarchy import BUILTIN
 from rald_fast.semantics import (
+    BUNDLED,
     BUNDLED_VECTORS,
     MissingLabelVectorError,
     label_vectors,
@@ -26,9 +28,9 @@ COARSE = list(FG)
 BUILT_IN = set(FINE) | set(COARSE) | {"pleasant", "unpleasant", "neutral", "contempt", "disgust"}
 
 
-@pytest.fixture(scope="module")
-def kv():
-    return load_keyed_vectors()
+@pytest.fixture(scope="module", params=sorted(BUNDLED))
+def kv(request):
+    return load_keyed_vectors(request.param)
 
 
 def _unit(a):
@@ -36,8 +38,8 @@ def _unit(a):
 
 
 def test_bundled_file_has_every_built_in_label(kv):
-    assert BUNDLED_VECTORS.is_file()
-    assert kv.vector_size == 300
+    assert BUNDLED_VECTORS.is_file() and all(p.is_file() for p in BUNDLED.values())
+    assert kv.vector_size in (50, 300)
     assert BUILT_IN <= set(kv.index_to_key)
     assert len(kv.index_to_key) == len(set(kv.index_to_key))
 
@@ -53,7 +55,7 @@ def test_bundled_file_covers_the_hierarchy_module(kv):
 
 def test_fine_siblings_more_similar_than_unrelated(kv):
     s = label_vectors(FINE, ["fine"] * len(FINE), path=kv)
-    assert s.shape == (33, 300) and s.dtype == np.float32
+    assert s.shape == (33, kv.vector_size) and s.dtype == np.float32
     sim = _unit(s.astype(np.float64)) @ _unit(s.astype(np.float64)).T
     parent = np.array([c for c, fs in FG.items() for _ in fs])
     same = parent[:, None] == parent[None, :]
@@ -61,18 +63,45 @@ def test_fine_siblings_more_similar_than_unrelated(kv):
     assert sim[same & off].mean() > sim[~same].mean()
 
 
-def test_coarse_that_repeats_a_fine_name_is_mean_of_children(kv):
+def test_every_coarse_label_is_the_mean_of_its_children(kv):
+    """Section 4.2: EVERY coarse label averages its fine labels' vectors, not only anger/surprise."""
     names, kinds = FINE + COARSE, ["fine"] * 33 + ["coarse"] * 6
     s = label_vectors(names, kinds, children=FG, path=kv)
-    assert s.shape == (39, 300)
-    anger = s[names.index("anger", 33)]
-    np.testing.assert_allclose(anger, np.mean([kv[w] for w in FG["anger"]], axis=0), rtol=1e-5,
-                               atol=1e-6)
-    assert not np.allclose(anger, kv["anger"])  # the coarse node is not the fine node's word
-    np.testing.assert_array_equal(s[names.index("anger")], kv["anger"])  # the fine node is
-    np.testing.assert_array_equal(s[names.index("fear")], kv["fear"])  # own word: no repeat
+    assert s.shape == (39, kv.vector_size)
+    for i, coarse in enumerate(COARSE):
+        np.testing.assert_allclose(s[33 + i], np.mean([kv[w] for w in FG[coarse]], axis=0), rtol=1e-5,
+                                   atol=1e-6, err_msg=coarse)
+        assert not np.allclose(s[33 + i], kv[coarse])  # never the coarse word's own vector
+    np.testing.assert_array_equal(s[names.index("anger")], kv["anger"])  # the fine node is its word
     with pytest.raises(ValueError, match="children"):
-        label_vectors(["anger", "anger"], ["fine", "coarse"], path=kv)
+        label_vectors(["anger", "fear"], ["fine", "coarse"], path=kv)
+
+
+@pytest.mark.parametrize("taxonomy", sorted(BUILTIN))
+def test_default_vectors_give_every_label_its_own_vector(taxonomy):
+    """The default table distinguishes every node of every built-in taxonomy (the pruned spaCy
+    table does not: hate = love, coarse fear = sadness before averaging)."""
+    t = BUILTIN[taxonomy]()
+    s = label_vectors(t.node_names, t.node_kinds, t.children())
+    unique = {tuple(np.round(row, 6)) for row in s}
+    assert len(unique) == t.num_nodes, f"{t.num_nodes - len(unique)} duplicate label vectors"
+
+
+def test_default_table_puts_siblings_closer_than_unrelated_labels():
+    s = label_vectors(FINE, ["fine"] * len(FINE)).astype(np.float64)
+    sim = _unit(s) @ _unit(s).T
+    parent = np.array([c for c, fs in FG.items() for _ in fs])
+    same, off = parent[:, None] == parent[None, :], ~np.eye(len(FINE), dtype=bool)
+    siblings, unrelated = sim[same & off].mean(), sim[~same].mean()
+    assert siblings > unrelated + 0.03, (siblings, unrelated)  # measured 0.399 vs 0.343 (GloVe 50-d)
+
+
+def test_onehot_needs_no_vectors_file():
+    s = label_vectors(["schadenfreude", "awe", "mixed"], ["fine", "fine", "coarse"],
+                      children={"mixed": ["schadenfreude", "awe"]}, path="onehot")
+    np.testing.assert_array_equal(s, np.eye(3, dtype=np.float32))
+    with pytest.raises(MissingLabelVectorError, match="--label-vectors onehot"):
+        label_vectors(["schadenfreude"], ["fine"])
 
 
 def test_default_path_is_bundled_and_deterministic():
@@ -103,7 +132,7 @@ def test_glove_text_without_header(tmp_path):
 def test_binary_and_gensim_native_saves(tmp_path, kv):
     from gensim.models import KeyedVectors
 
-    small = KeyedVectors(300)
+    small = KeyedVectors(kv.vector_size)
     small.add_vectors(["anger", "relief"], np.stack([kv["anger"], kv["relief"]]))
     small.save_word2vec_format(str(tmp_path / "v.bin"), binary=True)
     small.save(str(tmp_path / "v.kv"))

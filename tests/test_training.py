@@ -33,6 +33,27 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, bank):
     assert [r["epoch"] for r in rows] == [1, 2]
 
 
+def test_seeded_run_is_bit_identical_run_to_run(tmp_path):
+    """Two runs of one seeded config on one machine give the same numbers (timings aside), and
+    every epoch reports what NNLDL did: neighbour purity against chance and ITRR's entropy."""
+    rows = []
+    for name in ("one", "two"):
+        fit(tiny_cfg(tmp_path / name, epochs=2, nnldl_warmup=1))
+        rows.append([json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()])
+    timing = {"train_images_per_s", "test_images_per_s"}
+    for a, b in zip(*rows):
+        assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
+    first, last = rows[0]
+    for key in ("train_nn_purity_fine", "train_nn_chance_fine", "train_nn_purity_coarse",
+                "train_nn_chance_coarse", "train_itrr_entropy"):
+        assert key in first and key in last, key
+    assert "train_kl" not in first and "train_kl" in last  # --nnldl-warmup 1: CE alone in epoch 1
+    assert {"test_nn_purity_fine", "test_nn_chance_fine", "test_nn_purity_fine_cosine_f"} <= set(last)
+    a = load_checkpoint(tmp_path / "one" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "two" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_run_directory_is_complete(tmp_path):
     summary = fit(tiny_cfg(tmp_path, epochs=1))
     for name in ("config.json", "taxonomy.json", "metrics.jsonl", "metrics.csv", "last.pt",

@@ -24,7 +24,8 @@ ITRR_MODES = ("batch", "bank", "self")
 
 
 class RALD(nn.Module):
-    """Fine-grained FER model. `forward(images)` -> dict(logits, features, itrr_q, itrr_k).
+    """Fine-grained FER model. `forward(images)` -> dict(logits, features, backbone_features and, with
+    ITRR in batch mode, itrr_q, itrr_k, itrr_features).
 
     Args:
         cfg: model options.
@@ -51,7 +52,7 @@ class RALD(nn.Module):
                 use_bias = cfg.hierarchy_bias and not taxonomy.is_flat
                 if use_bias:
                     self.bias_table = nn.Parameter(decreasing_bias_init(h, cfg.sigma))  # b, eq. (8)
-                    self.register_buffer("xi", torch.from_numpy(taxonomy.xi(cfg.sigma)))  # eq. (9)
+                    self.register_buffer("xi", torch.from_numpy(taxonomy.xi(cfg.sigma, cfg.xi_reading)))
                 else:
                     self.bias_table = self.xi = None
             self.lgifo = AttentionBlock(d, h, cfg.scale, value_proj=False, **block)
@@ -80,12 +81,13 @@ class RALD(nn.Module):
         """
         if itrr_mode not in ITRR_MODES:
             raise ValueError(f"itrr_mode must be one of {ITRR_MODES}, got {itrr_mode!r}")
-        out = {}
+        out = {"backbone_features": feats}                                    # F (N, D)
         x = feats
         if self.itrr is not None and itrr_mode == "batch":
             q, k = self.itrr.project_qk(x, x)                                  # (h, N, D/h) each
             out["itrr_q"], out["itrr_k"] = q, k                                # R_v = lambda q k^T
             x = self.itrr(x, qk=(q, k))                                        # F~ (N, D), eq. (7)
+            out["itrr_features"] = x
         elif self.itrr is not None:
             if itrr_mode == "bank" and itrr_bank is None:
                 raise ValueError("itrr_mode='bank' needs a reference bank: build one with "
