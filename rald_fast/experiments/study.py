@@ -21,6 +21,7 @@ import csv
 import io
 import json
 import math
+import multiprocessing
 import statistics
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -83,7 +84,8 @@ def _run_cells(args, cells: list[Cell]) -> None:
                 cell.dirs.append(cfg.run.out)
         return
     if args.jobs > 1:
-        with ProcessPoolExecutor(args.jobs) as pool:
+        # spawn, not fork: a forked child would inherit torch's thread pools
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             summaries = list(pool.map(_train, [cfg.to_dict() for _, cfg in plans]))
     else:
         summaries = [run_or_load(cfg) for _, cfg in plans]
