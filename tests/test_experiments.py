@@ -170,3 +170,10 @@ def test_study_runs_every_part_and_parses_back(tmp_path):
     assert main(args) == 0
     assert sorted(p.name for p in (out / "runs").iterdir()) == before
     assert (out / "study.md").read_text() == text
+    assert "Which features rank NNLDL's neighbours" in text and "| cosine-ftilde |" in text
+    # --report-only tabulates what has finished: with one run gone, its cell keeps the other seeds
+    import shutil
+
+    shutil.rmtree(next((out / "runs").glob("g-*")))
+    assert main([*args, "--report-only", "--seeds", "2"]) == 0
+    assert "| (g) no NNLDL (0 seeds) | - |" in (out / "study.md").read_text()

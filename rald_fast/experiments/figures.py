@@ -6,9 +6,11 @@
   the group's name at its median point; tsne.json holds how well the coarse groups cluster (share of
   each image's 10 nearest neighbours, in the feature space, from its own coarse group; silhouette of
   the coarse groups), the measurable form of the paper's reading of Fig. 9;
-- neighbours.png: Fig. 8, a few test images and their top-5 neighbours by ITRR's relation R_v inside
-  one test batch, with NNLDL's renormalised weights (green: same fine class, orange: same coarse group);
-- confusion_baseline.png, confusion_rald.png; curves.png: loss and accuracy per epoch (metrics.jsonl).
+- neighbours.png: Fig. 8, a few test images and their top-5 neighbours by the run's NNLDL relation
+  (R_v by default) inside one test batch, with NNLDL's renormalised weights (green: same fine class,
+  orange: same coarse group);
+- confusion_baseline.png, confusion_rald.png; curves.png: loss, accuracy, NNLDL neighbour purity against
+  chance and ITRR attention entropy per epoch (metrics.jsonl).
 """
 
 from __future__ import annotations
@@ -98,8 +100,10 @@ def plot_tsne(models: list[Loaded], batch: int, limit: int, path: Path) -> dict:
 
 @torch.no_grad()
 def plot_neighbours(m: Loaded, batch: int, queries: int, path: Path) -> list[dict]:
-    """Fig. 8 for the first `queries` images of one seeded test batch."""
+    """Fig. 8 for the first `queries` images of one seeded test batch, ranked and weighted by the
+    run's own NNLDL relation (`--nnldl-relation`)."""
     from rald_fast.kernels import neighbour_targets
+    from rald_fast.models.losses import relation_qk
 
     if m.model.itrr is None:
         raise ValueError(f"--rald {m.name}: the neighbours figure needs a model with ITRR")
@@ -109,7 +113,9 @@ def plot_neighbours(m: Loaded, batch: int, queries: int, path: Path) -> list[dic
     x = m.preprocess.normalize(m.split.images[sel].to(m.device))
     out = m.model.forward_head(m.model.forward_features(x))
     probs = out["logits"].float().softmax(-1)
-    _, idx, w = neighbour_targets(out["itrr_q"], out["itrr_k"], probs, 5, m.cfg.model.scale)
+    relation = m.cfg.loss.nnldl_relation
+    q, k, scale = relation_qk(out, relation, m.cfg.model.scale, m.cfg.loss.nnldl_tau)
+    _, idx, w = neighbour_targets(q, k, probs, 5, scale)
     labels, pred = m.split.labels[sel].numpy(), probs.argmax(1).cpu().numpy()
     k = idx.shape[1]
     fig, axes = plt.subplots(queries, k + 1, figsize=(2.1 * (k + 1), 2.5 * queries), squeeze=False)
@@ -132,8 +138,8 @@ def plot_neighbours(m: Loaded, batch: int, queries: int, path: Path) -> list[dic
         rows.append({"query": tax.fine[labels[r]], "pred": tax.fine[pred[r]],
                      "neighbours": [tax.fine[labels[j]] for j in nb],
                      "weights": [float(v) for v in wt]})
-    fig.suptitle(f"Fig. 8: top-{k} ITRR neighbours in a test batch of {len(sel)} and NNLDL weights "
-                 f"({m.name})\ngreen: same fine class, orange: same coarse group, red: other",
+    fig.suptitle(f"Fig. 8: top-{k} NNLDL neighbours ({relation}) in a test batch of {len(sel)} and their "
+                 f"weights ({m.name})\ngreen: same fine class, orange: same coarse group, red: other",
                  fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -142,25 +148,39 @@ def plot_neighbours(m: Loaded, batch: int, queries: int, path: Path) -> list[dic
 
 
 def plot_curves(models: list[Loaded], checkpoints: list[str], path: Path) -> None:
+    """Loss, accuracy and, for runs with ITRR, what NNLDL did per epoch: the share of each training
+    image's top-k neighbours with its fine label (dotted: chance) and ITRR's attention entropy."""
     plt = pyplot()
-    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax_l, ax_a, ax_n) = plt.subplots(1, 3, figsize=(16, 4.5))
+    ax_e = ax_n.twinx()
     for m, ckpt in zip(models, checkpoints):
         rows = [json.loads(x) for x in (Path(ckpt).parent / "metrics.jsonl").read_text().splitlines()]
         ep = [r["epoch"] for r in rows]
         line, = ax_l.plot(ep, [r["train_loss"] for r in rows], marker=".", label=f"{m.name} loss")
-        if "train_ce" in rows[0] and "train_kl" in rows[0]:
-            ax_l.plot(ep, [r["train_ce"] for r in rows], ls="--", color=line.get_color(),
-                      label=f"{m.name} CE part")
-        ax_a.plot(ep, [100 * r["train_acc"] for r in rows], ls="--", color=line.get_color(),
-                  label=f"{m.name} train")
+        color = line.get_color()
+        if "train_ce" in rows[0] and "train_kl" in rows[-1]:
+            ax_l.plot(ep, [r["train_ce"] for r in rows], ls="--", color=color, label=f"{m.name} CE part")
+        ax_a.plot(ep, [100 * r["train_acc"] for r in rows], ls="--", color=color, label=f"{m.name} train")
         test = [(r["epoch"], 100 * r["test_acc"]) for r in rows if "test_acc" in r]
         if test:
-            ax_a.plot(*zip(*test), marker="o", color=line.get_color(), label=f"{m.name} test")
+            ax_a.plot(*zip(*test), marker="o", color=color, label=f"{m.name} test")
+        nn = [(r["epoch"], 100 * r["train_nn_purity_fine"], 100 * r["train_nn_chance_fine"]) for r in rows
+              if "train_nn_purity_fine" in r]
+        if nn:
+            e, purity, chance = zip(*nn)
+            ax_n.plot(e, purity, marker="o", color=color, label=f"{m.name} neighbour purity")
+            ax_n.plot(e, chance, ls=":", color=color, label=f"{m.name} chance")
+        ent = [(r["epoch"], r["train_itrr_entropy"]) for r in rows if "train_itrr_entropy" in r]
+        if ent:
+            ax_e.plot(*zip(*ent), ls="-.", color=color, label=f"{m.name} ITRR entropy")
     ax_l.set(xlabel="epoch", ylabel="training loss", title="Training loss (CE + NNLDL)")
     ax_a.set(xlabel="epoch", ylabel="fine accuracy (%)", title="Accuracy (test at eval epochs)")
-    for ax in (ax_l, ax_a):
+    ax_n.set(xlabel="epoch", ylabel="top-k neighbours with the same fine label (%)",
+             title="NNLDL neighbours (training batches)")
+    ax_e.set_ylabel("ITRR attention entropy / log N (dash-dot)")
+    for ax in (ax_l, ax_a, ax_n):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -30,6 +30,7 @@ from pathlib import Path
 from rald_fast.experiments.common import fmt_pct, mean_std, plan_run, pyplot, run_or_load, seeds_of, write_json
 
 RELATIONS = ("symmetric", "cosine-f", "cosine-ftilde")
+ALL_RELATIONS = ("attention", *RELATIONS)
 NOISE = (0.0, 0.2, 0.4)
 
 
@@ -183,6 +184,41 @@ def study_markdown(study: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def relation_purity(cell: Cell) -> list[dict]:
+    """Post-hoc, on the cell's trained checkpoints: NNLDL's test neighbour purity (eval mode, the
+    run's test batches) had the neighbours been ranked by each relation. Mean over the seeds."""
+    import dataclasses
+
+    from rald_fast.evaluation import predict_split
+    from rald_fast.experiments.compare import load_eval
+
+    found: dict[str, list[dict]] = {r: [] for r in ALL_RELATIONS}
+    for run_dir in cell.dirs:
+        ckpt = Path(run_dir) / "last.pt"
+        if not ckpt.exists():
+            continue
+        m = load_eval(str(ckpt), "cpu")
+        for relation in ALL_RELATIONS:
+            loss = dataclasses.replace(m.cfg.loss, nnldl_relation=relation)
+            pred = predict_split(m.model, m.split, m.preprocess, m.cfg.run.eval_batch_size, m.device,
+                                 m.cfg.run.seed, neighbours=loss)
+            found[relation].append(pred["neighbours"])
+    return [{"relation": r, **{k: statistics.fmean(s[k] for s in found[r]) for k in found[r][0]
+                               if not k.endswith("_cosine_f")}, "seeds": len(found[r])}
+            for r in ALL_RELATIONS if found[r]]
+
+
+def relation_markdown(rows: list[dict], cell: Cell) -> str:
+    out = [f"**Which features rank NNLDL's neighbours** (post hoc, on the trained checkpoints of "
+           f"\"{cell.name}\"; test batches in eval mode; share of the top-k neighbours with the same label, "
+           "chance in brackets):", "",
+           "| relation | fine purity | coarse purity |", "| --- | ---: | ---: |"]
+    for r in rows:
+        out.append(f"| {r['relation']} | {100 * r['nn_purity_fine']:.1f} % ({100 * r['nn_chance_fine']:.1f} %) | "
+                   f"{100 * r['nn_purity_coarse']:.1f} % ({100 * r['nn_chance_coarse']:.1f} %) |")
+    return "\n".join(out) + "\n"
+
+
 def _all_cells(study: dict) -> list[tuple[str, Cell]]:
     """Every cell once, with its part (the main table's first two rows are grid cells)."""
     rows = [("grid", c) for pair in study["grid"].values() for c in pair]
@@ -246,9 +282,13 @@ def plot_curves(cells: list[Cell], path: Path) -> None:
 
 def write_study(study: dict, out: Path, name: str = "study") -> str:
     text = study_markdown(study)
+    rald = study["main"][1]
+    relations = relation_purity(rald) if rald.runs else []
+    if relations:
+        text += "\n" + relation_markdown(relations, rald)
     (out / f"{name}.md").write_text(text)
     (out / f"{name}.csv").write_text(study_csv(study))
-    write_json(out / f"{name}.json", {"best_wd": study["best_wd"], "cells": [
+    write_json(out / f"{name}.json", {"best_wd": study["best_wd"], "relation_purity": relations, "cells": [
         {"part": part, "name": c.name, "variant": c.variant, "overrides": c.overrides,
          "fine": c.fine(), "coarse": c.coarse(), "runs": c.dirs} for part, c in _all_cells(study)]})
     plot_curves(study["main"][1:], out / f"{name}_curves.png")
