@@ -44,6 +44,7 @@ def predict_split(model, split: Split, preprocess: Preprocess, batch_size: int,
     feats = torch.empty(n, model.cfg.dim)
     seconds = 0.0
     sums: dict[str, float] = {}
+    counted = 0  # images of the batches with neighbours (more than one image)
     for start in range(0, n, batch_size):
         idx = order[start:start + batch_size]
         x = preprocess.normalize(split.images[idx].to(device))
@@ -55,11 +56,10 @@ def predict_split(model, split: Split, preprocess: Preprocess, batch_size: int,
         if neighbours is not None and "itrr_q" in out and len(idx) > 1:
             for k, v in batch_neighbour_stats(out, p, split.labels[idx].to(device), model, neighbours).items():
                 sums[k] = sums.get(k, 0.0) + v * len(idx)
+            counted += len(idx)
     result = {"probs": probs.numpy(), "features": feats.numpy(), "labels": split.labels.numpy(),
               "images_per_s": n / max(seconds, 1e-9)}
     if sums:
-        counted = sum(len(order[s:s + batch_size]) for s in range(0, n, batch_size)
-                      if len(order[s:s + batch_size]) > 1)
         result["neighbours"] = {k: v / counted for k, v in sums.items()}
     return result
 
