@@ -1,12 +1,15 @@
 """Build deployment artifacts from a training checkpoint and check each against PyTorch.
 
-    python export/build_trt.py --checkpoint runs/rald/last.pt [--formats onnx,pt2,trt]
+    python export/build_trt.py --checkpoint runs/rald/last.pt [--formats onnx,pt2,ts,trt]
                                [--precision fp32|fp16|bf16] [--itrr-mode bank|self|batch] [--out DIR]
 
 The checkpoint is folded (rald_fast/models/folded.py: label branch precomputed, BatchNorm folded,
 ITRR batch-independent by default) and written as:
   onnx  <out>/<name>.onnx       dynamic batch, onnx.checker, run with ONNX Runtime (always fp32)
   pt2   <out>/<name>.pt2        torch.export + AOTInductor, dynamic batch (C++: cpp/)
+  ts    <out>/<name>.ts         TorchScript (torch.jit.trace, deprecated), dynamic batch, for libtorch
+                                builds that cannot load this torch's .pt2 (C++: cpp/ too); not built
+                                unless asked for
   trt   <out>/<name>_trt.ep     Torch-TensorRT (ir="dynamo") ExportedProgram for Python
         <out>/<name>_trt.pt2    the same as an AOTInductor package for C++
         <out>/<name>.engine     serialized TensorRT engine built from the ONNX file
@@ -30,9 +33,11 @@ import torch
 from rald_fast.export import tensorrt as trt_export
 from rald_fast.export.artifacts import ArtifactError, build_metadata, write_sidecar
 from rald_fast.export.formats import at_precision, compare, export_onnx, export_pt2
+from rald_fast.export.torchscript import export_torchscript, load_torchscript
 
 log = logging.getLogger(__name__)
-FORMATS = ("onnx", "pt2", "trt")
+FORMATS = ("onnx", "pt2", "ts", "trt")
+DEFAULT_FORMATS = "onnx,pt2,trt"
 TOLERANCE = {"fp32": (1e-3, 0.99999), "fp16": (3e-2, 0.999), "bf16": (6e-2, 0.995)}  # probs abs, cosine
 
 
@@ -40,16 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python export/build_trt.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="training checkpoint (last.pt)")
-    p.add_argument("--formats", default="onnx,pt2,trt", help="comma-separated: onnx, pt2, trt (default all)")
+    p.add_argument("--formats", default=DEFAULT_FORMATS,
+                   help=f"comma-separated: {', '.join(FORMATS)} (default {DEFAULT_FORMATS})")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
-                   help="compute precision of the .pt2 and TensorRT artifacts; ONNX stays fp32 (default fp32)")
+                   help="compute precision of the .pt2, .ts and TensorRT artifacts; ONNX stays fp32 (default fp32)")
     p.add_argument("--itrr-mode", choices=["bank", "self", "batch"],
                    help="ITRR context: bank (default when the checkpoint has a reference bank), self, or "
                         "batch (the paper's; predictions then depend on batch-mates)")
     p.add_argument("--out", help="output directory (default: <checkpoint dir>/export)")
     p.add_argument("--name", default="rald", help="file stem of the artifacts (default rald)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="device the .pt2 is compiled for (default: cuda when available)")
+                   help="device the .pt2 is compiled for and the .ts traced on (default: cuda when available)")
     p.add_argument("--opt-batch", type=int, default=32, help="typical batch: TensorRT's opt shape (default 32)")
     p.add_argument("--max-batch", type=int, default=256, help="largest batch the artifacts accept (default 256)")
     return p
@@ -133,6 +139,17 @@ def main(argv: list[str] | None = None) -> int:
                                    lambda x: [t.cpu() for t in package(x.to(device))], reference, batches,
                                    args.precision)
         log.info("pt2: %s (%.0f s)", pt2_path, time.perf_counter() - t0)
+    if "ts" in formats:
+        ts_meta = dict(meta, precision=args.precision, device=device)
+        ts_path = export_torchscript(at_precision(fold(model, preprocess, args.itrr_mode), args.precision),
+                                     out / f"{args.name}.ts", ts_meta, args.max_batch, device)
+        write_sidecar(ts_path, ts_meta)
+        module, _ = load_torchscript(ts_path, device)
+        with torch.no_grad():
+            rows += check_artifact(f"ts (TorchScript {device}, {args.precision})", ts_path,
+                                   lambda x: [t.cpu() for t in module(x.to(device))], reference, batches,
+                                   args.precision)
+        log.info("ts: %s (%.0f s)", ts_path, time.perf_counter() - t0)
     if "trt" in formats:
         gap = trt_export.missing()
         if gap:

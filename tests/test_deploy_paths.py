@@ -1,0 +1,82 @@
+"""The card's other deployment paths (issue 15): a TorchScript `.ts` artifact.
+
+One tiny checkpoint and one `--formats onnx,ts` build per module (no .pt2: its compile is slow and
+tests/test_export.py covers it)."""
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rald_fast.engine import EngineError, Predictor
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    from rald_fast.config import make_config
+    from rald_fast.training import fit
+
+    tmp = tmp_path_factory.mktemp("deploy")
+    fit(make_config("tiny", "rald", out=str(tmp / "run"), epochs=1, synth_train_per_class=1,
+                    synth_test_per_class=1, batch_size=16))
+    ckpt = tmp / "run" / "last.pt"
+    cmd = [sys.executable, str(ROOT / "export" / "build_trt.py"), "--checkpoint", str(ckpt),
+           "--formats", "onnx,ts", "--out", str(tmp / "out"), "--max-batch", "16", "--opt-batch", "4"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return {"ckpt": ckpt, "out": tmp / "out", "stdout": res.stdout}
+
+
+def faces(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (rng.integers(20, 60), rng.integers(20, 60), 3), dtype=np.uint8)
+            for _ in range(n)]
+
+
+# --- TorchScript ----------------------------------------------------------------------------------
+def test_ts_is_built_checked_and_carries_the_metadata(built):
+    out = built["out"]
+    assert (out / "rald.ts").is_file() and (out / "rald.ts.json").is_file()
+    rows = [r for r in json.loads((out / "summary.json").read_text())["rows"] if r["artifact"].startswith("ts")]
+    assert {r["batch"] for r in rows} == {1, 4, 16} and all(r["ok"] for r in rows)
+    sidecar = json.loads((out / "rald.ts.json").read_text())
+    assert sidecar["artifact"] == "rald.ts" and sidecar["itrr_mode"] == "bank"
+    with zipfile.ZipFile(out / "rald.ts") as z:  # extra files: what C++ reads without a JSON parser
+        extra = {Path(n).name: z.read(n).decode() for n in z.namelist() if "/extra/" in n}
+    assert json.loads(extra["rald_fast"])["taxonomy"] == sidecar["taxonomy"]
+    assert extra["rald_fast.version"] == "1" and extra["rald_fast.image_size"] == "32"
+    assert extra["rald_fast.fine"].split("\n") == sidecar["taxonomy"]["fine"]
+
+
+def test_ts_predicts_what_the_checkpoint_and_onnx_predict(built):
+    ims = faces(7)
+    ref = Predictor.load(built["ckpt"], device="cpu").predict(ims)
+    for name in ("rald.ts", "rald.onnx"):
+        p = Predictor.load(built["out"] / name, device="cpu")
+        assert p.itrr_mode == "bank" and p.max_batch in (None, 16)
+        out = p.predict(ims, batch_size=3)
+        alone = np.concatenate([p.predict([im]).probs for im in ims])
+        np.testing.assert_allclose(out.probs, alone, atol=1e-5)
+        np.testing.assert_allclose(out.probs, ref.probs, atol=1e-4)
+        assert out.fine == ref.fine
+    assert Predictor.load(built["out"] / "rald.ts", device="cpu").kind == "torchscript"
+
+
+def test_ts_refuses_junk_and_foreign_archives(built, tmp_path):
+    import torch
+
+    (tmp_path / "junk.ts").write_bytes(b"garbage")
+    with pytest.raises(EngineError, match="cannot load as a TorchScript archive"):
+        Predictor.load(tmp_path / "junk.ts")
+    with pytest.warns(FutureWarning):  # TorchScript is deprecated; our loader keeps it quiet
+        plain = torch.jit.trace(torch.nn.Linear(2, 2), torch.zeros(1, 2))
+        torch.jit.save(plain, str(tmp_path / "plain.ts"))
+    with pytest.raises(EngineError, match="not a rald_fast artifact"):
+        Predictor.load(tmp_path / "plain.ts")
+
