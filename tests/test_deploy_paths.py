@@ -1,4 +1,5 @@
-"""The card's other deployment paths (issue 15): a TorchScript `.ts` artifact.
+"""The card's other deployment paths (issue 15): a TorchScript `.ts` artifact, the ONNX
+file under OpenCV DNN (loaded in a subprocess, so a crash fails a test instead of killing pytest).
 
 One tiny checkpoint and one `--formats onnx,ts` build per module (no .pt2: its compile is slow and
 tests/test_export.py covers it)."""
@@ -80,3 +81,64 @@ def test_ts_refuses_junk_and_foreign_archives(built, tmp_path):
     with pytest.raises(EngineError, match="not a rald_fast artifact"):
         Predictor.load(tmp_path / "plain.ts")
 
+
+# --- OpenCV DNN -----------------------------------------------------------------------------------
+def test_opencv_dnn_loads_the_onnx_file_and_matches_onnx_runtime(built):
+    """In a child process (rald_fast.export.opencv): OpenCV 4.14 segfaulted on the exporter's GELU."""
+    import onnxruntime as ort
+
+    from rald_fast.export.opencv import run_opencv
+
+    onnx_path = built["out"] / "rald.onnx"
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(5)
+    for n in (1, 3, 16):
+        x = rng.integers(0, 256, (n, 3, 32, 32)).astype(np.float32)
+        got = run_opencv(onnx_path, x)
+        logits, probs = session.run(None, {"images": x})
+        np.testing.assert_allclose(got["logits"], logits, atol=1e-4)
+        np.testing.assert_allclose(got["probs"], probs, atol=1e-5)
+    rows = json.loads((built["out"] / "summary.json").read_text())["rows"]
+    assert any(r["artifact"].startswith("onnx (OpenCV DNN") and r["ok"] for r in rows)
+
+
+def test_gelu_rewrite_is_what_opencv_needs(tmp_path):
+    """The exporter's GELU order, alone, crashes OpenCV's importer; the rewritten order loads and
+    gives what ONNX Runtime gives for both. Guards the reason for formats.reorder_erf_gelu."""
+    import cv2
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from rald_fast.export.artifacts import ArtifactError
+    from rald_fast.export.formats import reorder_erf_gelu
+    from rald_fast.export.opencv import run_opencv
+
+    consts = [numpy_helper.from_array(np.array(v, np.float32), k)
+              for k, v in (("sqrt2", 2 ** 0.5), ("one", 1.0), ("half", 0.5), ("w", np.eye(3 * 4 * 4)))]
+    nodes = [helper.make_node("Reshape", ["images", "shape"], ["x0"]),
+             helper.make_node("MatMul", ["x0", "w"], ["x"]),
+             helper.make_node("Div", ["x", "sqrt2"], ["d"]), helper.make_node("Erf", ["d"], ["e"]),
+             helper.make_node("Add", ["e", "one"], ["a"]), helper.make_node("Mul", ["half", "a"], ["m"]),
+             helper.make_node("Mul", ["x", "m"], ["logits"]), helper.make_node("Softmax", ["logits"], ["probs"])]
+    consts.append(numpy_helper.from_array(np.array([-1, 48], np.int64), "shape"))
+    graph = helper.make_graph(nodes, "gelu", [helper.make_tensor_value_info("images", TensorProto.FLOAT,
+                                                                            ["N", 3, 4, 4])],
+                              [helper.make_tensor_value_info(k, TensorProto.FLOAT, ["N", 48])
+                               for k in ("logits", "probs")], consts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    x = np.random.default_rng(0).uniform(-3, 3, (2, 3, 4, 4)).astype(np.float32)
+    onnx.save(model, str(tmp_path / "exporter_order.onnx"))
+    want = ort.InferenceSession(str(tmp_path / "exporter_order.onnx")).run(None, {"images": x})
+    if cv2.__version__.startswith("4.14."):  # the version this was found with; a later one may load it
+        with pytest.raises(ArtifactError, match="OpenCV DNN crashed"):
+            run_opencv(tmp_path / "exporter_order.onnx", x)
+    assert reorder_erf_gelu(model.graph) == 1
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(tmp_path / "rewritten.onnx"))
+    got_ort = ort.InferenceSession(str(tmp_path / "rewritten.onnx")).run(None, {"images": x})
+    got_cv = run_opencv(tmp_path / "rewritten.onnx", x)
+    for a, b, c in zip(want, got_ort, (got_cv["logits"], got_cv["probs"])):
+        np.testing.assert_allclose(b, a, atol=1e-6)
+        np.testing.assert_allclose(c, a, atol=1e-5)

@@ -5,7 +5,8 @@
 
 The checkpoint is folded (rald_fast/models/folded.py: label branch precomputed, BatchNorm folded,
 ITRR batch-independent by default) and written as:
-  onnx  <out>/<name>.onnx       dynamic batch, onnx.checker, run with ONNX Runtime (always fp32)
+  onnx  <out>/<name>.onnx       dynamic batch, onnx.checker, run with ONNX Runtime and OpenCV DNN
+                                (always fp32)
   pt2   <out>/<name>.pt2        torch.export + AOTInductor, dynamic batch (C++: cpp/)
   ts    <out>/<name>.ts         TorchScript (torch.jit.trace, deprecated), dynamic batch, for libtorch
                                 builds that cannot load this torch's .pt2 (C++: cpp/ too); not built
@@ -31,7 +32,8 @@ from pathlib import Path
 import torch
 
 from rald_fast.export import tensorrt as trt_export
-from rald_fast.export.artifacts import ArtifactError, build_metadata, write_sidecar
+from rald_fast.export.artifacts import OUTPUT_NAMES, ArtifactError, build_metadata, write_sidecar
+from rald_fast.export.opencv import run_opencv
 from rald_fast.export.formats import at_precision, compare, export_onnx, export_pt2
 from rald_fast.export.torchscript import export_torchscript, load_torchscript
 
@@ -128,6 +130,15 @@ def main(argv: list[str] | None = None) -> int:
         rows += check_artifact("onnx (ONNX Runtime, fp32)", onnx_path,
                                lambda x: session.run(None, {"images": x.numpy()}), reference, batches, "fp32")
         log.info("onnx: %s (%.0f s)", onnx_path, time.perf_counter() - t0)
+
+        def opencv(x):
+            out = run_opencv(onnx_path, x.numpy())
+            return [out[k] for k in OUTPUT_NAMES]
+        try:  # OpenCV DNN, in a child process (its importer can crash instead of raising)
+            rows += check_artifact("onnx (OpenCV DNN, fp32)", onnx_path, opencv, reference, batches, "fp32")
+        except ArtifactError as e:
+            notes.append(f"OpenCV DNN check not passed: {e}")
+            log.warning("%s", notes[-1])
     if "pt2" in formats:
         pt2_meta = dict(meta, precision=args.precision)
         pt2_path = export_pt2(at_precision(fold(model, preprocess, args.itrr_mode), args.precision),
