@@ -36,5 +36,7 @@ setup(
         # optional GPU back-ends, never installed by the tests (no GPU on the CI machine): a
         # TensorRT engine and Torch-TensorRT modules (rald_fast.export.tensorrt, the engine)
         "tensorrt": ["tensorrt>=10", "torch-tensorrt>=2.4"],
+        # the torch-free TensorRT engine runner (rald_fast.export.pycuda_runner) for slim images
+        "pycuda": ["tensorrt>=10", "pycuda>=2022.1"],
     },
 )
