@@ -1,5 +1,5 @@
 """Run a rald_fast TensorRT engine with only `tensorrt`, `pycuda` and `numpy`: no torch, for slim
-deployment images (`pip install rald_fast[pycuda]` plus TensorRT; the import of this module itself
+deployment images (`pip install tensorrt rald_fast[pycuda]`; the import of this module itself
 needs numpy only, tensorrt and pycuda are imported when a runner is made).
 
     from rald_fast.export.pycuda_runner import PycudaEngineRunner
@@ -27,7 +27,7 @@ import numpy as np
 from rald_fast.export.artifacts import INPUT_NAME, OUTPUT_NAMES, ArtifactError, read_sidecar
 
 INSTALL_HINT = ("install TensorRT 10's Python package and pycuda on a machine with an NVIDIA GPU and "
-                "driver: `pip install tensorrt pycuda` (or `pip install rald_fast[pycuda]`)")
+                "driver: `pip install tensorrt pycuda` (or `pip install tensorrt rald_fast[pycuda]`)")
 
 
 class PycudaEngineRunner:
