@@ -1,10 +1,11 @@
-"""The card's other deployment paths (issue 15): a TorchScript `.ts` artifact, the ONNX
+"""The card's other deployment paths (issue 15): a TorchScript `.ts` artifact (Python and C++), the ONNX
 file under OpenCV DNN (loaded in a subprocess, so a crash fails a test instead of killing pytest).
 
 One tiny checkpoint and one `--formats onnx,ts` build per module (no .pt2: its compile is slow and
 tests/test_export.py covers it)."""
 
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -80,6 +81,29 @@ def test_ts_refuses_junk_and_foreign_archives(built, tmp_path):
         torch.jit.save(plain, str(tmp_path / "plain.ts"))
     with pytest.raises(EngineError, match="not a rald_fast artifact"):
         Predictor.load(tmp_path / "plain.ts")
+
+
+def test_cpp_example_runs_the_ts_like_python(built, tmp_path):
+    if not (shutil.which("cmake") and shutil.which("c++")):
+        pytest.skip("needs cmake and a C++20 compiler")
+    build = tmp_path / "build"
+    for cmd in (["cmake", "-S", str(ROOT / "cpp"), "-B", str(build), f"-DPython3_EXECUTABLE={sys.executable}"],
+                ["cmake", "--build", str(build), "-j2"]):
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    batch = np.random.default_rng(4).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    np.save(tmp_path / "images.npy", batch)
+    exe, ts = str(build / "rald_predict"), str(built["out"] / "rald.ts")
+    res = subprocess.run([exe, ts, str(tmp_path / "images.npy"), "--topk", "2"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    rows = [line.split("\t") for line in res.stdout.strip().splitlines()]
+    want = Predictor.load(built["out"] / "rald.onnx").predict(batch)
+    assert [r[1] for r in rows] == want.fine and [r[2] for r in rows] == want.coarse
+    probs = np.array([[float(v) for v in r[5].split()] for r in rows])
+    np.testing.assert_allclose(probs, want.probs, atol=1e-5)
+    np.save(tmp_path / "bad.npy", batch[:, :16])
+    res = subprocess.run([exe, ts, str(tmp_path / "bad.npy")], capture_output=True, text=True)
+    assert res.returncode == 2 and "expected uint8 images (N, 32, 32, 3)" in res.stderr
 
 
 # --- OpenCV DNN -----------------------------------------------------------------------------------
