@@ -36,5 +36,9 @@ setup(
         # optional GPU back-ends, never installed by the tests (no GPU on the CI machine): a
         # TensorRT engine and Torch-TensorRT modules (rald_fast.export.tensorrt, the engine)
         "tensorrt": ["tensorrt>=10", "torch-tensorrt>=2.4"],
+        # the torch-free TensorRT engine runner (rald_fast.export.pycuda_runner) for slim images;
+        # it also needs TensorRT 10 (`pip install tensorrt`), not repeated here: the `tensorrt` extra
+        # declares it (with torch-tensorrt, which a slim image does not want)
+        "pycuda": ["pycuda>=2022.1"],
     },
 )

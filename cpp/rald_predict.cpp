@@ -1,19 +1,26 @@
-// rald_predict: classify a batch of face images with a rald_fast AOTInductor package (.pt2).
+// rald_predict: classify a batch of face images with a rald_fast AOTInductor package (.pt2) or a
+// TorchScript archive (.ts, deprecated by torch but loadable by libtorch builds that cannot load this
+// torch's .pt2).
 //
-//   rald_predict MODEL.pt2 IMAGES.npy [--topk K] [--device cpu|cuda]
+//   rald_predict MODEL.pt2|MODEL.ts IMAGES.npy [--topk K] [--device cpu|cuda]
 //
 // IMAGES.npy holds uint8 RGB images (N, S, S, 3) at the model's input size S (numpy's np.save
 // format; Python writes it with `np.save(path, batch)`). The package carries its input size, label
-// names and coarse groups in its metadata (rald_fast/export/formats.py), so nothing here can drift
-// from training. One line per image on stdout, tab-separated:
+// names and coarse groups in its metadata (rald_fast/export/formats.py; a .ts keeps the same fields
+// as TorchScript extra files, rald_fast/export/torchscript.py), so nothing here can drift from
+// training. One line per image on stdout, tab-separated:
 //   index  fine_label  coarse_label  p(fine)  top-k as label:prob ...  all probabilities (space-separated)
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
+#include <torch/script.h>
 #include <torch/torch.h>
 
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <iostream>
+#include <map>
+#include <memory>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -66,11 +73,43 @@ torch::Tensor read_npy_uint8(const std::string& path, std::vector<int64_t>& shap
   return data;
 }
 
+bool ends_with(const std::string& s, const std::string& tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
+// The metadata fields this program reads (formats.flat_metadata) and a function images -> probs.
+struct Model {
+  std::map<std::string, std::string> meta;
+  std::function<torch::Tensor(const torch::Tensor&)> probs;
+};
+
+Model load_model(const std::string& path, const std::string& device) {
+  Model m;
+  if (ends_with(path, ".ts")) {
+    // TorchScript: the metadata are extra files in the archive, read while loading
+    torch::jit::ExtraFilesMap extra{{"rald_fast.version", ""}, {"rald_fast.image_size", ""},
+                                    {"rald_fast.itrr_mode", ""}, {"rald_fast.fine", ""},
+                                    {"rald_fast.coarse_of_fine", ""}};
+    auto module = std::make_shared<torch::jit::Module>(torch::jit::load(path, torch::Device(device), extra));
+    module->eval();
+    for (auto& [k, v] : extra)
+      if (!v.empty()) m.meta[k] = v;
+    m.probs = [module](const torch::Tensor& x) {
+      return module->forward({x}).toTuple()->elements().at(1).toTensor();
+    };
+  } else {
+    auto loader = std::make_shared<torch::inductor::AOTIModelPackageLoader>(path);
+    for (auto& [k, v] : loader->get_metadata()) m.meta[k] = v;
+    m.probs = [loader](const torch::Tensor& x) { return loader->run({x}).at(1); };
+  }
+  return m;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc < 3) {
-    std::cerr << "usage: " << argv[0] << " MODEL.pt2 IMAGES.npy [--topk K] [--device cpu|cuda]\n";
+    std::cerr << "usage: " << argv[0] << " MODEL.pt2|MODEL.ts IMAGES.npy [--topk K] [--device cpu|cuda]\n";
     return 2;
   }
   const std::string model_path = argv[1], images_path = argv[2];
@@ -84,8 +123,8 @@ int main(int argc, char** argv) {
   }
   try {
     torch::NoGradGuard no_grad;
-    torch::inductor::AOTIModelPackageLoader loader(model_path);
-    auto meta = loader.get_metadata();
+    auto model = load_model(model_path, device);
+    auto& meta = model.meta;
     if (!meta.count("rald_fast.version") || meta["rald_fast.version"] != "1") {
       std::cerr << "error: " << model_path << ": not a rald_fast artifact of format version 1\n";
       return 2;
@@ -105,8 +144,7 @@ int main(int argc, char** argv) {
     }
     // (N, S, S, 3) uint8 -> (N, 3, S, S) float32 in 0..255; normalisation happens inside the model
     auto x = images.permute({0, 3, 1, 2}).to(torch::kFloat32).contiguous().to(torch::Device(device));
-    auto outputs = loader.run({x});
-    auto probs = outputs.at(1).to(torch::kCPU).contiguous();
+    auto probs = model.probs(x).to(torch::kCPU).contiguous();
     const int64_t n = probs.size(0), c = probs.size(1);
     if (c != static_cast<int64_t>(fine.size())) {
       std::cerr << "error: the model returned " << c << " classes, its metadata names " << fine.size() << "\n";

@@ -1,15 +1,16 @@
 """One Python API over every rald_fast artifact: `Predictor.load(path).predict(images)`.
 
     from rald_fast.engine import Predictor
-    p = Predictor.load("model.onnx")            # or last.pt, model.pt2, model.engine, model_trt.ep
+    p = Predictor.load("model.onnx")            # or last.pt, model.pt2, model.ts, model.engine, model_trt.ep
     out = p.predict(list_of_rgb_uint8_arrays)   # any sizes; resized like the training data
     out.fine, out.coarse, out.valence, out.probs, out.topk(3)
 
 Backends: a training checkpoint (folded in memory, PyTorch), ONNX (ONNX Runtime), AOTInductor `.pt2`
-(`torch._inductor.aoti_load_package`), a serialized TensorRT engine (TensorRT 10 runtime) and a
-Torch-TensorRT program (`.ep`). Each reads the preprocessing and the taxonomy from the artifact's own
-metadata (rald_fast/export/artifacts.py), so every backend answers the same way; predictions are
-batch-independent (ITRR in `bank` or `self` mode) unless a checkpoint is loaded with itrr_mode="batch".
+(`torch._inductor.aoti_load_package`), TorchScript `.ts` (`torch.jit.load`, deprecated), a serialized
+TensorRT engine (TensorRT 10 runtime) and a Torch-TensorRT program (`.ep`). Each reads the
+preprocessing and the taxonomy from the artifact's own metadata (rald_fast/export/artifacts.py), so
+every backend answers the same way; predictions are batch-independent (ITRR in `bank` or `self`
+mode) unless a checkpoint is loaded with itrr_mode="batch".
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from rald_fast.export.artifacts import METADATA_KEY, ArtifactError, check_metada
 from rald_fast.hierarchy import Taxonomy
 
 SUFFIXES = {".pt": "checkpoint", ".pth": "checkpoint", ".ckpt": "checkpoint", ".onnx": "onnx",
-            ".pt2": "pt2", ".engine": "tensorrt", ".plan": "tensorrt", ".ep": "torch_tensorrt"}
+            ".pt2": "pt2", ".ts": "torchscript", ".engine": "tensorrt", ".plan": "tensorrt",
+            ".ep": "torch_tensorrt"}
 
 
 # A model artifact or an input the engine cannot use; the message says what was expected. The same
@@ -111,7 +113,7 @@ class Predictor:
         kind = backend or SUFFIXES.get(path.suffix.lower())
         if kind not in set(SUFFIXES.values()):
             raise EngineError(f"{path}: unknown model kind {path.suffix or backend!r}; expected a checkpoint "
-                              f"(.pt), .onnx, .pt2, a TensorRT .engine or a Torch-TensorRT .ep")
+                              f"(.pt), .onnx, .pt2, .ts, a TensorRT .engine or a Torch-TensorRT .ep")
         if itrr_mode is not None and kind != "checkpoint":
             raise EngineError(f"{path}: itrr_mode applies to checkpoints only; a {kind} artifact's mode "
                               f"was fixed at export (python export/build_trt.py --itrr-mode)")
@@ -182,6 +184,17 @@ class Predictor:
         def run(x: torch.Tensor) -> torch.Tensor:
             return package(x.to(target))[1]
         return cls(run, meta, path, "pt2", target, meta.get("max_batch"))
+
+    @classmethod
+    def _load_torchscript(cls, path, device, _):
+        from rald_fast.export.torchscript import load_torchscript
+
+        module, meta = load_torchscript(path, device)
+
+        @torch.no_grad()
+        def run(x: torch.Tensor) -> torch.Tensor:
+            return module(x.to(device))[1]
+        return cls(run, meta, path, "torchscript", device, meta.get("max_batch"))
 
     @classmethod
     def _load_tensorrt(cls, path, device, _):

@@ -14,11 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import rald_fast
-from rald_fast.checkpoint import atomic_write_text
-from rald_fast.data.transforms import Preprocess
-from rald_fast.hierarchy import Taxonomy
+
+if TYPE_CHECKING:  # torch-free at import: the pycuda engine runner reads sidecars without torch
+    from rald_fast.data.transforms import Preprocess
+    from rald_fast.hierarchy import Taxonomy
 
 ARTIFACT_FORMAT = "rald_fast-artifact"
 ARTIFACT_VERSION = 1
@@ -69,6 +71,8 @@ def file_sha256(path: str | Path) -> str:
 
 
 def write_sidecar(artifact: str | Path, meta: dict, with_hash: bool = False) -> Path:
+    from rald_fast.checkpoint import atomic_write_text
+
     meta = dict(meta, artifact=Path(artifact).name)
     if with_hash:
         meta["sha256"] = file_sha256(artifact)

@@ -1,12 +1,16 @@
 """Build deployment artifacts from a training checkpoint and check each against PyTorch.
 
-    python export/build_trt.py --checkpoint runs/rald/last.pt [--formats onnx,pt2,trt]
+    python export/build_trt.py --checkpoint runs/rald/last.pt [--formats onnx,pt2,ts,trt]
                                [--precision fp32|fp16|bf16] [--itrr-mode bank|self|batch] [--out DIR]
 
 The checkpoint is folded (rald_fast/models/folded.py: label branch precomputed, BatchNorm folded,
 ITRR batch-independent by default) and written as:
-  onnx  <out>/<name>.onnx       dynamic batch, onnx.checker, run with ONNX Runtime (always fp32)
+  onnx  <out>/<name>.onnx       dynamic batch, onnx.checker, run with ONNX Runtime and OpenCV DNN
+                                (always fp32)
   pt2   <out>/<name>.pt2        torch.export + AOTInductor, dynamic batch (C++: cpp/)
+  ts    <out>/<name>.ts         TorchScript (torch.jit.trace, deprecated), dynamic batch, for libtorch
+                                builds that cannot load this torch's .pt2 (C++: cpp/ too); not built
+                                unless asked for
   trt   <out>/<name>_trt.ep     Torch-TensorRT (ir="dynamo") ExportedProgram for Python
         <out>/<name>_trt.pt2    the same as an AOTInductor package for C++
         <out>/<name>.engine     serialized TensorRT engine built from the ONNX file
@@ -28,11 +32,14 @@ from pathlib import Path
 import torch
 
 from rald_fast.export import tensorrt as trt_export
-from rald_fast.export.artifacts import ArtifactError, build_metadata, write_sidecar
+from rald_fast.export.artifacts import OUTPUT_NAMES, ArtifactError, build_metadata, write_sidecar
+from rald_fast.export.opencv import run_opencv
 from rald_fast.export.formats import at_precision, compare, export_onnx, export_pt2
+from rald_fast.export.torchscript import export_torchscript, load_torchscript
 
 log = logging.getLogger(__name__)
-FORMATS = ("onnx", "pt2", "trt")
+FORMATS = ("onnx", "pt2", "ts", "trt")
+DEFAULT_FORMATS = "onnx,pt2,trt"
 TOLERANCE = {"fp32": (1e-3, 0.99999), "fp16": (3e-2, 0.999), "bf16": (6e-2, 0.995)}  # probs abs, cosine
 
 
@@ -40,16 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python export/build_trt.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="training checkpoint (last.pt)")
-    p.add_argument("--formats", default="onnx,pt2,trt", help="comma-separated: onnx, pt2, trt (default all)")
+    p.add_argument("--formats", default=DEFAULT_FORMATS,
+                   help=f"comma-separated: {', '.join(FORMATS)} (default {DEFAULT_FORMATS})")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
-                   help="compute precision of the .pt2 and TensorRT artifacts; ONNX stays fp32 (default fp32)")
+                   help="compute precision of the .pt2, .ts and TensorRT artifacts; ONNX stays fp32 (default fp32)")
     p.add_argument("--itrr-mode", choices=["bank", "self", "batch"],
                    help="ITRR context: bank (default when the checkpoint has a reference bank), self, or "
                         "batch (the paper's; predictions then depend on batch-mates)")
     p.add_argument("--out", help="output directory (default: <checkpoint dir>/export)")
     p.add_argument("--name", default="rald", help="file stem of the artifacts (default rald)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="device the .pt2 is compiled for (default: cuda when available)")
+                   help="device the .pt2 is compiled for and the .ts traced on (default: cuda when available)")
     p.add_argument("--opt-batch", type=int, default=32, help="typical batch: TensorRT's opt shape (default 32)")
     p.add_argument("--max-batch", type=int, default=256, help="largest batch the artifacts accept (default 256)")
     return p
@@ -122,6 +130,15 @@ def main(argv: list[str] | None = None) -> int:
         rows += check_artifact("onnx (ONNX Runtime, fp32)", onnx_path,
                                lambda x: session.run(None, {"images": x.numpy()}), reference, batches, "fp32")
         log.info("onnx: %s (%.0f s)", onnx_path, time.perf_counter() - t0)
+
+        def opencv(x):
+            out = run_opencv(onnx_path, x.numpy())
+            return [out[k] for k in OUTPUT_NAMES]
+        try:  # OpenCV DNN, in a child process (its importer can crash instead of raising)
+            rows += check_artifact("onnx (OpenCV DNN, fp32)", onnx_path, opencv, reference, batches, "fp32")
+        except ArtifactError as e:
+            notes.append(f"OpenCV DNN check not passed: {e}")
+            log.warning("%s", notes[-1])
     if "pt2" in formats:
         pt2_meta = dict(meta, precision=args.precision)
         pt2_path = export_pt2(at_precision(fold(model, preprocess, args.itrr_mode), args.precision),
@@ -133,6 +150,17 @@ def main(argv: list[str] | None = None) -> int:
                                    lambda x: [t.cpu() for t in package(x.to(device))], reference, batches,
                                    args.precision)
         log.info("pt2: %s (%.0f s)", pt2_path, time.perf_counter() - t0)
+    if "ts" in formats:
+        ts_meta = dict(meta, precision=args.precision, device=device)
+        ts_path = export_torchscript(at_precision(fold(model, preprocess, args.itrr_mode), args.precision),
+                                     out / f"{args.name}.ts", ts_meta, args.max_batch, device)
+        write_sidecar(ts_path, ts_meta)
+        module, _ = load_torchscript(ts_path, device)
+        with torch.no_grad():
+            rows += check_artifact(f"ts (TorchScript {device}, {args.precision})", ts_path,
+                                   lambda x: [t.cpu() for t in module(x.to(device))], reference, batches,
+                                   args.precision)
+        log.info("ts: %s (%.0f s)", ts_path, time.perf_counter() - t0)
     if "trt" in formats:
         gap = trt_export.missing()
         if gap:

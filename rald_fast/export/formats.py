@@ -5,6 +5,12 @@ Both take the folded module (rald_fast/models/folded.py): float32 RGB (N, 3, S, 
 `.pt2` through `torch.export` and `torch._inductor.aoti_compile_and_package`, which the C++ example
 loads with `AOTIModelPackageLoader`. Files are written to a temporary name and renamed, so a failed
 export never leaves a half-written artifact.
+
+The ONNX graph gets one rewrite after export (`reorder_erf_gelu`): the exporter writes GELU as
+`x * (0.5 * (1 + erf(x / sqrt2)))`, and OpenCV's ONNX importer (4.14; `cv2.dnn.readNetFromONNX`)
+crashes with a segmentation fault on that order while it loads the same ops in the order
+`(x * (1 + erf(x / sqrt2))) * 0.5`; the rewrite only swaps which two of the tensors each `Mul` takes, so
+the graph stays plain opset-18 ONNX and ONNX Runtime (which checks every build) sees the same function.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -60,6 +67,7 @@ def export_onnx(folded: nn.Module, path: str | Path, meta: dict, max_batch: int,
                               output_names=list(OUTPUT_NAMES), dynamic_shapes={INPUT_NAME: {0: batch}},
                               dynamo=True, opset_version=opset, external_data=False)
         model = onnx.load(str(tmp))
+        reorder_erf_gelu(model.graph)
         onnx.checker.check_model(model, full_check=True)
         del model.metadata_props[:]
         entry = model.metadata_props.add()
@@ -71,6 +79,40 @@ def export_onnx(folded: nn.Module, path: str | Path, meta: dict, max_batch: int,
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def reorder_erf_gelu(graph) -> int:
+    """Rewrites each `Mul(x, Mul(0.5, Add(Erf(Div(x, c)), 1)))` as `Mul(Mul(x, Add(...)), 0.5)`, in
+    place; returns how many. The order the torch exporter writes crashes OpenCV's ONNX importer
+    (a segfault while loading, OpenCV 4.14); the rewritten one loads. Same ops, same math."""
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers = defaultdict(list)
+    for n in graph.node:
+        for i in n.input:
+            consumers[i].append(n)
+
+    def only_consumer(name, op):
+        users = consumers.get(name, [])
+        return users[0] if len(users) == 1 and users[0].op_type == op else None
+
+    count = 0
+    for erf in [n for n in graph.node if n.op_type == "Erf"]:
+        div = producer.get(erf.input[0])
+        if div is None or div.op_type != "Div":
+            continue
+        x = div.input[0]
+        add = only_consumer(erf.output[0], "Add")
+        half = add and only_consumer(add.output[0], "Mul")
+        outer = half and only_consumer(half.output[0], "Mul")
+        if outer is None or x not in outer.input:
+            continue
+        constant = next((i for i in half.input if i != add.output[0]), None)
+        if constant is None or constant == x:
+            continue
+        half.input[:] = [x, add.output[0]]
+        outer.input[:] = [half.output[0], constant]
+        count += 1
+    return count
 
 
 def export_pt2(folded: nn.Module, path: str | Path, meta: dict, max_batch: int,
