@@ -14,7 +14,8 @@
   top-k over 65,536 keys >= 5x the PyTorch path: matmul, softmax, head mean, topk, gather).
 Every step is guarded: an error is recorded under "errors" and the run goes on, so one device session
 returns everything it could measure; the suite's alarm (TimeoutError) is not swallowed but ends the
-run, and `save` is called after every row, so what was measured is on disk. Script use: `python bench/gpu_kernels.py [--quick] [--out F]`
+run, and `save` is called after every row, so what was measured is on disk.
+Script use: `python bench/gpu_kernels.py [--quick] [--out F]`
 (default output bench/results/kernels_<gpu>_<date>.json).
 """
 
@@ -156,18 +157,8 @@ def _time_loop(step, iters: int) -> float:
 
 
 def _time_graph(step, iters: int) -> float:
-    """The same calls captured once in a CUDA graph and replayed: ms per replay (launch overhead
-    gone; the GPU time of the kernels). Warm-up on a side stream first, as capture requires."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    return _time_loop(graph.replay, iters)
+    """The same call captured once in a CUDA graph and replayed: ms per replay (launch overhead gone)."""
+    return _time_loop(kc.cuda_graph(step), iters)
 
 
 def _time(step, rep_ms: int, iters: int = 100) -> dict:
@@ -256,7 +247,8 @@ def plan(quick: bool) -> dict:
     else:
         checks = [(c, dt) for c in [by_name[n] for n in CHECK_ATTN] + ODD_CASES for dt in ("fp32", "fp16", "bf16")]
         attn, flex, topk = kc.ATTN_CASES, FLEX_CASES, kc.TOPK_CASES
-    topk_checks = [(c, dt) for c in kc.TOPK_CASES if c.name in ("batch_n256", "bank64k_n256") for dt in ("bf16", "fp32")]
+    topk_checks = [(c, dt) for c in kc.TOPK_CASES if c.name in ("batch_n256", "bank64k_n256")
+                   for dt in ("bf16", "fp32")]
     return dict(checks=checks, topk_checks=topk_checks, attn=attn, flex=flex, topk=topk)
 
 

@@ -226,6 +226,46 @@ def synchronized(fn):
     return run
 
 
+def looped(fn, n: int):
+    """n back-to-back calls per timed call (synchronised once by `synchronized`): launch-bound time."""
+
+    def run():
+        for _ in range(n):
+            out = fn()
+        return out
+
+    return run
+
+
+def cuda_graph(fn):
+    """fn captured once in a CUDA graph (after a warm-up on a side stream, as capture requires);
+    returns the replay, which times the kernels without the launch overhead."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+TIMINGS = ("call", "loop20", "graph")  # one synchronised call; 20 calls then one sync; graph replay
+
+
+def timed_step(fn, timing: str):
+    """The callable a benchmark times for `timing` (TIMINGS), and the calls it makes per timed call."""
+    if timing == "call":
+        return synchronized(fn), 1
+    if timing == "loop20":
+        return synchronized(looped(fn, 20)), 20
+    if timing == "graph":
+        return synchronized(cuda_graph(fn)), 1
+    raise ValueError(timing)
+
+
 def topk_flops(case: TopkCase) -> float:
     """Two passes of H N M D multiply-adds (the streaming kernel computes q.k twice)."""
     return 2 * 2.0 * case.H * case.N * case.M * case.D
