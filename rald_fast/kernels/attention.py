@@ -150,16 +150,17 @@ class _TritonAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, scale, bias_table, xi, num_splits):
-        out, lse = _tri.attention_fwd(q, k, v, scale, bias_table, xi, num_splits or None)
-        ctx.save_for_backward(q, k, v, out, lse, bias_table, xi)
+        bias = _tri.bias_tile(bias_table, xi)  # gathered once, kept for the backward
+        out, lse = _tri.attention_fwd(q, k, v, scale, bias_table, xi, num_splits or None, bias=bias)
+        ctx.save_for_backward(q, k, v, out, lse, bias_table, xi, bias)
         ctx.scale, ctx.num_splits = scale, num_splits
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        q, k, v, out, lse, bias_table, xi = ctx.saved_tensors
+        q, k, v, out, lse, bias_table, xi, bias = ctx.saved_tensors
         dq, dk, dv, db = _tri.attention_bwd(q, k, v, out, lse, dout.contiguous(), ctx.scale, bias_table, xi,
-                                            ctx.num_splits or None)
+                                            ctx.num_splits or None, bias=bias)
         return dq, dk, dv, None, (db if bias_table is not None else None), None, None
 
 

@@ -376,8 +376,10 @@ def use_fused_backward(Lq: int, Lk: int, xi: torch.Tensor | None) -> bool:
     return xi is None or xi_classes(xi)[2] <= MAX_BIAS_CLASSES
 
 
-def attention_fwd(q, k, v, scale, bias_table=None, xi=None, num_splits=None):
-    """Launch the forward. Returns (out (H, Lq, Dv) in q's dtype, lse (H, Lq) fp32, natural log)."""
+def attention_fwd(q, k, v, scale, bias_table=None, xi=None, num_splits=None, bias=None):
+    """Launch the forward. Returns (out (H, Lq, Dv) in q's dtype, lse (H, Lq) fp32, natural log).
+    bias: the `bias_tile(bias_table, xi)` when the caller already has it (the eager path keeps it
+    for the backward: one gather per step)."""
     H, Lq, Dk = q.shape
     Lk, Dv = k.shape[1], v.shape[2]
     bm, bn, bdk, bdv, stages = _blocks(Lq, Lk, Dk, Dv)
@@ -388,7 +390,7 @@ def attention_fwd(q, k, v, scale, bias_table=None, xi=None, num_splits=None):
     else:
         out = torch.empty((splits, H, Lq, Dv), device=q.device, dtype=torch.float32)
     lse = torch.empty((splits, H, Lq), device=q.device, dtype=torch.float32)
-    bias = bias_tile(bias_table, xi)
+    bias = bias_tile(bias_table, xi) if bias is None else bias
     _attn_fwd_kernel[(n_m, H, splits)](
         q, k, v, q if bias is None else bias, out, lse,
         *q.stride(), *k.stride(), *v.stride(), *((0, 0, 0) if bias is None else bias.stride()),
@@ -404,15 +406,17 @@ def attention_fwd(q, k, v, scale, bias_table=None, xi=None, num_splits=None):
     return (weights * out).sum(0).to(q.dtype), lse_all
 
 
-def attention_bwd(q, k, v, out, lse, dout, scale, bias_table=None, xi=None, num_splits=None):
+def attention_bwd(q, k, v, out, lse, dout, scale, bias_table=None, xi=None, num_splits=None, bias=None):
     """Launch the backward. Returns (dq, dk, dv, d bias_table or an empty tensor): the fused
-    deterministic kernel when `use_fused_backward`, else the split kernels."""
+    deterministic kernel when `use_fused_backward`, else the split kernels. bias: as in the forward."""
+    if bias_table is not None and bias is None:
+        bias = bias_tile(bias_table, xi)
     if use_fused_backward(q.shape[1], k.shape[1], xi if bias_table is not None else None):
-        return _bwd_fused(q, k, v, out, lse, dout, scale, bias_table, xi)
-    return _bwd_split(q, k, v, out, lse, dout, scale, bias_table, xi, num_splits)
+        return _bwd_fused(q, k, v, out, lse, dout, scale, bias_table, xi, bias)
+    return _bwd_split(q, k, v, out, lse, dout, scale, bias_table, xi, num_splits, bias)
 
 
-def _bwd_fused(q, k, v, out, lse, dout, scale, bias_table, xi):
+def _bwd_fused(q, k, v, out, lse, dout, scale, bias_table, xi, bias):
     H, Lq, Dk = q.shape
     Lk, Dv = k.shape[1], v.shape[2]
     bm, bn, bdk, bdv, stages = _blocks(Lq, Lk, Dk, Dv)
@@ -421,7 +425,6 @@ def _bwd_fused(q, k, v, out, lse, dout, scale, bias_table, xi):
     dv = torch.empty_like(v, memory_format=torch.contiguous_format)
     has_bias = bias_table is not None
     if has_bias:
-        bias = bias_tile(bias_table, xi)
         cls, uniq, n_cls = xi_classes(xi)
         T = bias_table.shape[1]
         dbias = torch.empty((H, T), device=q.device, dtype=torch.float32)
@@ -443,7 +446,7 @@ def _bwd_fused(q, k, v, out, lse, dout, scale, bias_table, xi):
     return dq, dk, dv, dbias
 
 
-def _bwd_split(q, k, v, out, lse, dout, scale, bias_table, xi, num_splits):
+def _bwd_split(q, k, v, out, lse, dout, scale, bias_table, xi, num_splits, bias):
     H, Lq, Dk = q.shape
     Lk, Dv = k.shape[1], v.shape[2]
     bm, bn, bdk, bdv, stages = _blocks(Lq, Lk, Dk, Dv)
@@ -452,7 +455,7 @@ def _bwd_split(q, k, v, out, lse, dout, scale, bias_table, xi, num_splits):
     dk = torch.empty_like(k, memory_format=torch.contiguous_format)
     dv = torch.empty_like(v, memory_format=torch.contiguous_format)
     has_bias = bias_table is not None
-    bias = bias_tile(bias_table, xi) if has_bias else q  # dummy never read (HAS_BIAS=False)
+    bias = bias if has_bias else q  # dummy never read (HAS_BIAS=False)
     ds = torch.empty((H, Lq, Lk), device=q.device, dtype=torch.float32) if has_bias else dk
     sb = bias.stride() if has_bias else (0, 0, 0)
     prec = dot_precision(q.dtype)
