@@ -2,21 +2,27 @@
 
 `run_kernel_checks_and_bench(out)` fills `out` (a dict, JSON-ready) with
 - "env": GPU, versions, git revision;
-- "checks": Triton vs the fp32 reference per case and dtype (fp32, fp16, bf16): max errors of the
-  output and of every gradient, PyTorch's own error in that dtype, pass = err <= 2 x PyTorch's + atol
-  (flash-attention's rule); top-k index agreement, D error and the kernel's extra peak memory;
-- "attention" / "topk": one row per (case, implementation, mode) timed with triton.testing.do_bench
-  (median and 20/80 % quantiles in ms), TFLOP/s and peak extra memory;
-- "targets": issue 4's targets (fwd+bwd >= 3x eager and >= compiled flex_attention; top-k over
-  65,536 keys >= 5x torch.topk on the materialised relation).
+- "estimate": the run's Triton / flex compile count and its estimated seconds (`estimate_seconds`);
+- "checks": Triton vs the float64 reference per case and dtype, run with TF32 off (`exact_fp32`:
+  the kernels' fp32 `tl.dot` follows torch's matmul precision): max errors of the output and of every
+  gradient, PyTorch's own error in that dtype, pass = err <= 2 x PyTorch's + atol (flash-attention's
+  rule); top-k index agreement, D error and the kernel's extra peak memory;
+- "attention" / "topk": one row per (case, implementation, mode), bf16, timed three ways: do_bench
+  (median and 20/80 % quantiles, ms), a launch-bound loop of back-to-back calls (`loop_ms`) and CUDA
+  graph replay (`graph_ms`); TFLOP/s, peak extra memory, and whether TF32 was on (`tf32`);
+- "targets": issue 4/15's targets per timing kind (fwd+bwd >= 3x eager and >= compiled flex_attention;
+  top-k over 65,536 keys >= 5x the PyTorch path: matmul, softmax, head mean, topk, gather).
 Every step is guarded: an error is recorded under "errors" and the run goes on, so one device session
-returns everything it could measure. Script use: `python bench/gpu_kernels.py [--quick] [--out F]`
+returns everything it could measure; the suite's alarm (TimeoutError) is not swallowed but ends the
+run, and `save` is called after every row, so what was measured is on disk.
+Script use: `python bench/gpu_kernels.py [--quick] [--out F]`
 (default output bench/results/kernels_<gpu>_<date>.json).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -41,9 +47,26 @@ ODD_CASES = [kc.AttnCase("odd_5x7_bias", 8, 5, 7, 64, True, True),
 FLEX_CASES = ["hlrr_c39", "itrr_n256", "itrr_bank64k_n128"]  # flex compiles once per shape
 
 
+@contextlib.contextmanager
+def exact_fp32():
+    """TF32 off for the duration (cuBLAS, cuDNN, and the kernels' `dot_precision`, which follows
+    torch's matmul precision): the fp32 checks compare IEEE fp32 with the float64 truth."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.get_float32_matmul_precision())
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
+        torch.set_float32_matmul_precision(saved[2])
+
+
 def _guard(out: dict, what: str, fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
+    except TimeoutError:  # the suite's alarm: the item's time is up, stop here (not the next step)
+        raise
     except Exception as exc:  # noqa: BLE001 - record and go on: device time is scarce
         out.setdefault("errors", []).append({"what": what, "error": repr(exc)[:500],
                                              "trace": traceback.format_exc()[-2000:]})
@@ -57,23 +80,30 @@ def _max_err(a, b) -> float:
 
 
 def check_attention(case: kc.AttnCase, dtype_name: str, device: str = "cuda") -> dict:
-    """Triton vs the fp32 reference, output and all gradients (device="cpu" under the interpreter
-    runs the same logic, which the kernel tests do to keep this script working)."""
+    """Triton vs the float64 reference, output and all gradients, with TF32 off (`exact_fp32`), so
+    the fp32 rows compare IEEE fp32 with the truth; PyTorch's own error in the same dtype sets the
+    bar (err <= 2 x PyTorch's + atol, flash-attention's rule). device="cpu" under the interpreter
+    runs the same logic, which the kernel tests do to keep this script working."""
+    with exact_fp32():
+        return _check_attention(case, dtype_name, device)
+
+
+def _check_attention(case: kc.AttnCase, dtype_name: str, device: str) -> dict:
     dtype = DTYPES[dtype_name]
     inp = kc.attn_inputs(case, device, dtype)
     names = [n for n in ("q", "k", "v", "table") if inp[n] is not None]
     leaves = [inp[n] for n in names]
-    ref32 = {n: inp[n].detach().float().requires_grad_() for n in names}
-    args32 = [ref32.get(n) for n in ("q", "k", "v", "table")]
+    ref64 = {n: inp[n].detach().double().requires_grad_() for n in names}
+    args64 = [ref64.get(n) for n in ("q", "k", "v", "table")]
     out = attention(inp["q"], inp["k"], inp["v"], kc.SCALE, inp["table"], inp["xi"], backend="triton")
     low = attention_ref(inp["q"], inp["k"], inp["v"], kc.SCALE, inp["table"], inp["xi"])
-    truth = attention_ref(*args32[:3], kc.SCALE, args32[3], inp["xi"])
+    truth = attention_ref(*args64[:3], kc.SCALE, args64[3], inp["xi"])
     g = inp["grad_out"]
     got = dict(zip(names, torch.autograd.grad(out, leaves, g)))
     pyt = dict(zip(names, torch.autograd.grad(low, leaves, g)))
-    want = dict(zip(names, torch.autograd.grad(truth, list(ref32.values()), g.float())))
+    want = dict(zip(names, torch.autograd.grad(truth, list(ref64.values()), g.double())))
     atol = 1e-4 if dtype == torch.float32 else 1e-3
-    row = {"case": case.name, "dtype": dtype_name, "ok": True}
+    row = {"case": case.name, "dtype": dtype_name, "tf32": False, "truth": "float64", "ok": True}
     for name, a, b, c in [("out", out, low, truth)] + [(f"d{n}", got[n], pyt[n], want[n]) for n in names]:
         err, ref_err = _max_err(a, c), _max_err(b, c)
         row[name] = {"err": err, "torch_err": ref_err}
@@ -82,7 +112,12 @@ def check_attention(case: kc.AttnCase, dtype_name: str, device: str = "cuda") ->
 
 
 def check_topk(case: kc.TopkCase, dtype_name: str, device: str = "cuda") -> dict:
-    """Triton vs the reference: index agreement, D error, extra peak memory (CUDA only)."""
+    """Triton vs the reference with TF32 off: index agreement, D error, extra peak memory (CUDA)."""
+    with exact_fp32():
+        return _check_topk(case, dtype_name, device)
+
+
+def _check_topk(case: kc.TopkCase, dtype_name: str, device: str) -> dict:
     inp = kc.topk_inputs(case, device, DTYPES[dtype_name])
     cuda = device == "cuda"
     if cuda:
@@ -97,30 +132,61 @@ def check_topk(case: kc.TopkCase, dtype_name: str, device: str = "cuda") -> dict
     same = (idx == idx_ref).all(1)
     d_err = _max_err(d[same], d_ref[same]) if same.any() else float("nan")
     agree = same.float().mean().item()
-    return {"case": case.name, "dtype": dtype_name, "idx_rows_equal": agree, "d_err_equal_rows": d_err,
-            "extra_peak_mb": extra / 2**20, "ok": bool(agree >= 0.99 and d_err <= 1e-4)}
+    return {"case": case.name, "dtype": dtype_name, "tf32": False, "idx_rows_equal": agree,
+            "d_err_equal_rows": d_err, "extra_peak_mb": extra / 2**20, "ok": bool(agree >= 0.99 and d_err <= 1e-4)}
 
 
-def _time(step, rep_ms: int) -> dict:
-    import triton.testing
-
-    step()  # compile outside the timing
+def _peak_extra_mb(step) -> float:
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
     step()
     torch.cuda.synchronize()
-    peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def _time_loop(step, iters: int) -> float:
+    """Launch-bound time: `iters` back-to-back calls, one synchronisation, ms per call (what a
+    training step sees for these tiny, launch-bound attentions)."""
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        step()
+    torch.cuda.synchronize()
+    return 1e3 * (time.perf_counter() - t0) / iters
+
+
+def _time_graph(step, iters: int) -> float:
+    """The same call captured once in a CUDA graph and replayed: ms per replay (launch overhead gone)."""
+    return _time_loop(kc.cuda_graph(step), iters)
+
+
+def _time(step, rep_ms: int, iters: int = 100) -> dict:
+    """do_bench median / quantiles (ms), the launch-bound loop and the CUDA-graph replay (ms per
+    call), and the extra peak memory. TF32 as set by the caller (recorded in the row)."""
+    import triton.testing
+
+    step()  # compile outside the timing
+    peak = _peak_extra_mb(step)
     med, lo, hi = triton.testing.do_bench(step, warmup=25, rep=rep_ms, quantiles=[0.5, 0.2, 0.8])
-    return {"ms": med, "ms_p20": lo, "ms_p80": hi, "peak_mb": peak}
+    row = {"ms": med, "ms_p20": lo, "ms_p80": hi, "peak_mb": peak, "loop_ms": _time_loop(step, iters),
+           "tf32": bool(torch.backends.cuda.matmul.allow_tf32)}
+    try:
+        row["graph_ms"] = _time_graph(step, iters)
+    except Exception as exc:  # noqa: BLE001 - some paths cannot be captured; the row keeps the rest
+        row["graph_error"] = repr(exc)[:300]
+    return row
 
 
-def bench_attention(out: dict, cases, rep_ms: int, flex_cases) -> None:
+ATTN_IMPLS = ("eager", "sdpa", "flex", "triton")
+
+
+def bench_attention(out: dict, cases, rep_ms: int, flex_cases, save=None) -> None:
     rows = out.setdefault("attention", [])
     for case in cases:
         for mode in ("fwd", "fwd_bwd"):
             inp = kc.attn_inputs(case, "cuda", torch.bfloat16, requires_grad=mode == "fwd_bwd")
-            for impl in ("eager", "sdpa", "flex", "triton"):
+            for impl in ATTN_IMPLS:
                 if impl == "flex" and case.name not in flex_cases:
                     continue
                 step = kc.attn_step(impl, inp, backward=mode == "fwd_bwd")
@@ -129,11 +195,13 @@ def bench_attention(out: dict, cases, rep_ms: int, flex_cases) -> None:
                     flops = kc.attn_flops(case, mode == "fwd_bwd")
                     rows.append(dict(case=case.name, impl=impl, mode=mode, dtype="bf16", **t,
                                      tflops=flops / (t["ms"] * 1e-3) / 1e12))
+                if save:
+                    save()
             del inp
             torch.cuda.empty_cache()
 
 
-def bench_topk(out: dict, cases, rep_ms: int) -> None:
+def bench_topk(out: dict, cases, rep_ms: int, save=None) -> None:
     rows = out.setdefault("topk", [])
     for case in cases:
         inp = kc.topk_inputs(case, "cuda", torch.bfloat16)
@@ -142,54 +210,102 @@ def bench_topk(out: dict, cases, rep_ms: int) -> None:
             if t is not None:
                 rows.append(dict(case=case.name, impl=impl, dtype="bf16", **t,
                                  tflops=kc.topk_flops(case) / (t["ms"] * 1e-3) / 1e12))
+            if save:
+                save()
         del inp
         torch.cuda.empty_cache()
 
 
 def summarise_targets(out: dict) -> dict:
-    ms = {(r["case"], r["impl"], r.get("mode")): r["ms"] for r in out.get("attention", []) + out.get("topk", [])}
+    """Issue 4 / 15 targets from the rows, per timing kind (do_bench, launch-bound loop, graph)."""
+    rows = out.get("attention", []) + out.get("topk", [])
     targets = {}
-    for (case, impl, mode), t in ms.items():
-        if impl != "triton":
-            continue
-        if mode == "fwd_bwd":
-            eager, flex = ms.get((case, "eager", mode)), ms.get((case, "flex", mode))
-            targets[f"attention {case}: speedup vs eager (>= 3)"] = eager / t if eager else None
-            if flex:
-                targets[f"attention {case}: speedup vs flex (>= 1)"] = flex / t
-        elif mode is None and case.startswith("bank64k"):
-            base = ms.get((case, "torch_topk", None))
-            targets[f"topk {case}: speedup vs torch.topk (>= 5)"] = base / t if base else None
+    for kind in ("ms", "loop_ms", "graph_ms"):
+        ms = {(r["case"], r["impl"], r.get("mode")): r[kind] for r in rows if r.get(kind)}
+        for (case, impl, mode), t in ms.items():
+            if impl != "triton":
+                continue
+            if mode == "fwd_bwd":
+                eager, flex = ms.get((case, "eager", mode)), ms.get((case, "flex", mode))
+                targets[f"attention {case} [{kind}]: speedup vs eager (>= 3)"] = eager / t if eager else None
+                if flex:
+                    targets[f"attention {case} [{kind}]: speedup vs flex (>= 1)"] = flex / t
+            elif mode is None and case.startswith("bank64k"):
+                base = ms.get((case, "torch_topk", None))  # matmul, softmax, head mean, topk, gather
+                targets[f"topk {case} [{kind}]: speedup vs the PyTorch path (>= 5)"] = base / t if base else None
     return targets
 
 
-def run_kernel_checks_and_bench(out: dict, *, quick: bool = False, rep_ms: int = 100) -> dict:
-    """Fill `out` (module docstring) and return it. quick: fewer cases, for a short device slot."""
+def plan(quick: bool) -> dict:
+    """What a run checks and times: (case, dtype) checks, timed cases, flex cases."""
+    by_name = {c.name: c for c in kc.ATTN_CASES}
+    if quick:  # fp32 (TF32 off) where the bias and odd sizes are, bf16 at every checked shape
+        checks = [(by_name[n], "bf16") for n in CHECK_ATTN] + [(c, "bf16") for c in ODD_CASES]
+        checks += [(by_name["hlrr_c39"], "fp32")] + [(c, "fp32") for c in ODD_CASES]
+        attn = [by_name[n] for n in ("hlrr_c39", "itrr_n256", "itrr_bank64k_n128")]
+        flex, topk = ["hlrr_c39", "itrr_n256"], kc.TOPK_CASES[-2:]
+    else:
+        checks = [(c, dt) for c in [by_name[n] for n in CHECK_ATTN] + ODD_CASES for dt in ("fp32", "fp16", "bf16")]
+        attn, flex, topk = kc.ATTN_CASES, FLEX_CASES, kc.TOPK_CASES
+    topk_checks = [(c, dt) for c in kc.TOPK_CASES if c.name in ("batch_n256", "bank64k_n256")
+                   for dt in ("bf16", "fp32")]
+    return dict(checks=checks, topk_checks=topk_checks, attn=attn, flex=flex, topk=topk)
+
+
+# seconds per compile on the device machine's host (Triton: a specialisation of one kernel; flex:
+# one torch.compile of flex_attention, forward or forward + backward) and per timed row (do_bench
+# warm-up + rep, a 100-call loop, a graph capture and 100 replays; the 64k-key rows are slower)
+TRITON_COMPILE_S, FLEX_COMPILE_S, ROW_S = 2.0, 20.0, 1.0
+
+
+def estimate_seconds(p: dict) -> dict:
+    """An honest cost of `plan(...)`: count the compiles rather than guess a total. Triton kernels
+    specialise on dtype, bias, block sizes and the integer arguments' divisibility by 16, so each
+    attention check compiles its forward and its backward (1 fused, or 2 split kernels) unless an
+    earlier check had the same key; each top-k dtype compiles 3 kernels."""
+    keys = set()
+    for case, dt in p["checks"]:
+        keys.add((case.Lq > 256 or case.Lk > 256, case.bias, dt, case.Lq % 16 == 0, case.Lk % 16 == 0, case.D))
+    for case in p["attn"]:  # bf16 timing rows
+        keys.add((case.Lq > 256 or case.Lk > 256, case.bias, "bf16", case.Lq % 16 == 0, case.Lk % 16 == 0, case.D))
+    attn_compiles = sum(3 if big else 2 for big, *_ in keys)
+    topk_compiles = 3 * len({dt for _, dt in p["topk_checks"]})
+    flex_compiles = 2 * len(p["flex"])
+    rows = 2 * len(p["attn"]) * len(ATTN_IMPLS) + 3 * len(p["topk"])
+    seconds = ((attn_compiles + topk_compiles) * TRITON_COMPILE_S + flex_compiles * FLEX_COMPILE_S
+               + rows * ROW_S + 2 * (len(p["checks"]) + len(p["topk_checks"])))
+    return dict(triton_compiles=attn_compiles + topk_compiles, flex_compiles=flex_compiles, timed_rows=rows,
+                seconds=round(seconds))
+
+
+def run_kernel_checks_and_bench(out: dict, *, quick: bool = False, rep_ms: int = 100, save=None) -> dict:
+    """Fill `out` (module docstring) and return it. quick: fewer cases, for a short device slot.
+    save: called after every check and timed row, so a run cut short keeps what it measured."""
     if not torch.cuda.is_available():
         out["skipped"] = "no CUDA device"
         return out
+    save = save or (lambda: None)
     t0 = time.time()
+    p = plan(quick)
     out["env"] = kc.environment()
-    by_name = {c.name: c for c in kc.ATTN_CASES}
+    out["estimate"] = estimate_seconds(p)
     checks = out.setdefault("checks", [])
-    dtypes = ["bf16", "fp32"] if quick else ["fp32", "fp16", "bf16"]
-    for case in [by_name[n] for n in CHECK_ATTN] + ODD_CASES:
-        for dt in dtypes:
-            row = _guard(out, f"check attention {case.name} {dt}", check_attention, case, dt)
-            if row is not None:
-                checks.append(row)
-    topk_cases = [c for c in kc.TOPK_CASES if c.name in ("batch_n256", "bank64k_n256")]
-    for case in topk_cases:
-        for dt in ("bf16", "fp32"):
-            row = _guard(out, f"check topk {case.name} {dt}", check_topk, case, dt)
-            if row is not None:
-                checks.append(row)
+    for case, dt in p["checks"]:
+        row = _guard(out, f"check attention {case.name} {dt}", check_attention, case, dt)
+        if row is not None:
+            checks.append(row)
+        save()
+    for case, dt in p["topk_checks"]:
+        row = _guard(out, f"check topk {case.name} {dt}", check_topk, case, dt)
+        if row is not None:
+            checks.append(row)
+        save()
     out["checks_ok"] = all(r["ok"] for r in checks) and not out.get("errors")
-    attn_cases = [by_name[n] for n in ("hlrr_c39", "itrr_n256", "itrr_bank64k_n128")] if quick else kc.ATTN_CASES
-    bench_attention(out, attn_cases, rep_ms, FLEX_CASES[:1] + FLEX_CASES[2:] if quick else FLEX_CASES)
-    bench_topk(out, kc.TOPK_CASES[-2:] if quick else kc.TOPK_CASES, rep_ms)
+    bench_attention(out, p["attn"], rep_ms, p["flex"], save)
+    bench_topk(out, p["topk"], rep_ms, save)
     out["targets"] = summarise_targets(out)
     out["seconds"] = time.time() - t0
+    save()
     return out
 
 
@@ -198,12 +314,19 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer cases and dtypes")
     ap.add_argument("--out", type=Path, default=None, help="JSON file (default under bench/results/)")
     args = ap.parse_args()
-    out = run_kernel_checks_and_bench({}, quick=args.quick)
     if args.out is None:
-        gpu = out.get("env", {}).get("device", "cpu").replace(" ", "_")
+        gpu = kc.environment()["device"].replace(" ", "_")
         args.out = Path(__file__).parent / "results" / f"kernels_{gpu}_{time.strftime('%Y%m%d_%H%M')}.json"
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1))
+    out: dict = {}
+
+    def save():  # rewritten after every row: a killed run keeps what it measured
+        tmp = args.out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(out, indent=1, default=str))
+        tmp.replace(args.out)
+
+    run_kernel_checks_and_bench(out, quick=args.quick, save=save)
+    save()
     print(json.dumps({k: out.get(k) for k in ("checks_ok", "targets", "errors", "seconds")}, indent=1))
     print(f"written to {args.out}")
 

@@ -75,11 +75,11 @@ class Suite:
         tmp.write_text(json.dumps(self.out, indent=1, default=str))
         tmp.replace(self.path)
 
-    def run(self, what: str, cost: float, fn, *args, **kwargs):
+    def run(self, what: str, cost: float, fn, *args, limit: float | None = None, **kwargs):
         """fn(*args) if `cost` seconds (an estimate) fit the budget; errors and skips recorded.
-        An alarm interrupts an item that overruns 3 x its estimate (at least 60 s) or the budget
-        (a stuck compile must not eat the rest of the session); a dry run (a loaded CPU) has only
-        the budget."""
+        An alarm interrupts an item that overruns `limit` seconds (default 3 x its estimate, at
+        least 60 s) or the budget (a stuck compile must not eat the rest of the session); a dry run
+        (a loaded CPU) has only the budget."""
         if not self.budget.fits(cost):
             self.out["skipped"].append({"what": what, "reason": f"time budget: {self.budget.left():.0f} s "
                                                                 f"left, item needs about {cost:.0f} s"})
@@ -87,7 +87,8 @@ class Suite:
             return None
         use_alarm = hasattr(signal, "SIGALRM")
         if use_alarm:
-            limit = self.budget.left() if self.dry else min(self.budget.left(), max(60.0, 3 * cost))
+            limit = max(60.0, 3 * cost) if limit is None else limit
+            limit = self.budget.left() if self.dry else min(self.budget.left(), limit)
             signal.alarm(max(1, int(limit)))
         t0 = time.time()
         try:
@@ -343,7 +344,9 @@ def bench_kernels(suite: Suite, device: torch.device) -> None:
     if device.type == "cuda":
         from gpu_kernels import run_kernel_checks_and_bench
 
-        run_kernel_checks_and_bench(out, quick=True, rep_ms=50)
+        # TF32 is on for the suite's fp32 inference rows; the checks turn it off themselves
+        # (gpu_kernels.exact_fp32) and every timed row records it. Rows are saved as they come.
+        run_kernel_checks_and_bench(out, quick=True, rep_ms=50, save=suite.save)
         return
     if not kernels.interpret_mode():
         out["skipped"] = "no CUDA device, and Triton is not in interpreter mode (TRITON_INTERPRET=1)"
@@ -355,6 +358,18 @@ def bench_kernels(suite: Suite, device: torch.device) -> None:
     out["checks"] = [check_attention(case, "fp32", device="cpu"),
                      check_topk(kc.TopkCase("dry_topk", 2, 6, 9, 16, 5, 3, True), "fp32", device="cpu")]
     out["checks_ok"] = all(r["ok"] for r in out["checks"])
+
+
+def kernels_cost(dry: bool) -> tuple[float, float]:
+    """(estimate, alarm limit) in seconds of the kernels item: gpu_kernels counts its compiles
+    (about 20 Triton specialisations and 4 flex_attention compiles in the quick plan); the limit
+    leaves 1.5 x the estimate, then the alarm ends the item (its rows are already saved)."""
+    if dry:
+        return 5.0, 600.0
+    import gpu_kernels
+
+    est = gpu_kernels.estimate_seconds(gpu_kernels.plan(True))["seconds"]
+    return float(est), 1.5 * est
 
 
 # --- main --------------------------------------------------------------------------------------
@@ -425,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     suite.out["env"] = suite.run("env", 1, environment, device)
     sections = set(args.sections.split(","))
     if "kernels" in sections:
-        suite.run("kernels", 5 if dry else 60, bench_kernels, suite, device)  # cut at 180 s
+        cost, limit = kernels_cost(dry)
+        suite.run("kernels", cost, bench_kernels, suite, device, limit=limit)
     prepared = prepare_inference(suite, device, cfg) if "inference" in sections else {}
     for section, item in cfg["schedule"]:
         if section not in sections:

@@ -92,17 +92,23 @@ TOPK_CASES = [
 ]
 
 
-def label_xi(C: int = 39, sigma: int = SIGMA) -> torch.Tensor:
-    """An xi table with the structure of FG-Emotions' label graph (SPEC 3.2), C = 6 + 33 nodes."""
+def label_xi(Lq: int = 39, Lk: int | None = None, sigma: int = SIGMA) -> torch.Tensor:
+    """An (Lq, Lk) xi table with the structure of FG-Emotions' label graph (SPEC 3.2): the 39-node
+    table (6 coarse + 33 fine nodes) for Lq = Lk = 39, cropped or tiled (index modulo 39) for the
+    odd-sized bias cases (Lq = 5, Lk = 7, ...)."""
+    Lk = Lq if Lk is None else Lk
     sizes = [5, 7, 9, 3, 6, 3]
     parent = [c for c, n in enumerate(sizes) for _ in range(n)]
+    C = len(sizes) + len(parent)  # 39
     xi = torch.full((C, C), sigma, dtype=torch.long)
     for f, c in enumerate(parent):
         xi[6 + f, c] = xi[c, 6 + f] = 1
         for g, c2 in enumerate(parent):
             if c2 == c and g != f:
                 xi[6 + f, 6 + g] = 2
-    return xi.fill_diagonal_(0)
+    xi.fill_diagonal_(0)
+    rows, cols = torch.arange(Lq) % C, torch.arange(Lk) % C
+    return xi[rows][:, cols].contiguous()
 
 
 def attn_inputs(case: AttnCase, device, dtype, requires_grad: bool = True) -> dict:
@@ -113,7 +119,7 @@ def attn_inputs(case: AttnCase, device, dtype, requires_grad: bool = True) -> di
     if case.bias:
         table = torch.linspace(1.0, -1.0, SIGMA + 1).repeat(case.H, 1)  # fp32 parameter
         inp["table"] = table.to(device).requires_grad_(requires_grad)
-        inp["xi"] = label_xi(case.Lq).to(device)
+        inp["xi"] = label_xi(case.Lq, case.Lk).to(device)
     inp["grad_out"] = torch.randn(case.H, case.Lq, case.D, generator=g).to(device, dtype)
     return inp
 
@@ -218,6 +224,46 @@ def synchronized(fn):
         return out
 
     return run
+
+
+def looped(fn, n: int):
+    """n back-to-back calls per timed call (synchronised once by `synchronized`): launch-bound time."""
+
+    def run():
+        for _ in range(n):
+            out = fn()
+        return out
+
+    return run
+
+
+def cuda_graph(fn):
+    """fn captured once in a CUDA graph (after a warm-up on a side stream, as capture requires);
+    returns the replay, which times the kernels without the launch overhead."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+TIMINGS = ("call", "loop20", "graph")  # one synchronised call; 20 calls then one sync; graph replay
+
+
+def timed_step(fn, timing: str):
+    """The callable a benchmark times for `timing` (TIMINGS), and the calls it makes per timed call."""
+    if timing == "call":
+        return synchronized(fn), 1
+    if timing == "loop20":
+        return synchronized(looped(fn, 20)), 20
+    if timing == "graph":
+        return synchronized(cuda_graph(fn)), 1
+    raise ValueError(timing)
 
 
 def topk_flops(case: TopkCase) -> float:

@@ -30,7 +30,7 @@ def test_dry_run_covers_every_section(tmp_path):
     assert result["errors"] == [], result["errors"]
     assert result["finished"] and result["dry_run"]
     assert {"torch", "triton", "cuda", "git", "device", "paper"} <= set(result["env"])
-    assert "kernels" in result
+    assert result["kernels"]["checks_ok"], result["kernels"]  # every bias case, TF32 off, float64 truth
     rows = {(r["model"], r["engine"], r["dtype"], r["batch"]) for r in result["inference"]}
     for model in ("resnet18", "rald"):
         for dt in ("fp32", "bf16", "fp16"):
@@ -66,3 +66,67 @@ def test_pt2_package_builds_loads_and_matches_eager(tmp_path):
     assert notes["package_mib"] > 0
     for b in (1, 3):
         torch.testing.assert_close(engine(x[:b])[1], model(x[:b])[1], rtol=1e-5, atol=1e-6)
+
+
+def load_bench(name: str):
+    sys.path[:0] = [str(ROOT / "bench")]
+    try:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+
+
+def test_kernel_cases_xi_fits_every_bias_case():
+    """label_xi gives an (Lq, Lk) table for the odd bias cases too (it raised IndexError for Lq != 39)."""
+    kc = load_bench("kernel_cases")
+    full = kc.label_xi()
+    assert full.shape == (39, 39) and full.diagonal().eq(0).all() and set(full.unique().tolist()) == {0, 1, 2, 500}
+    assert kc.label_xi(5, 7).shape == (5, 7)
+    assert torch.equal(kc.label_xi(5, 7), full[:5, :7])
+    for case in [kc.AttnCase("odd_5x7_bias", 2, 5, 7, 16, True, True), kc.AttnCase("x", 2, 41, 3, 16, True, True)]:
+        inp = kc.attn_inputs(case, "cpu", torch.float32)
+        assert inp["xi"].shape == (case.Lq, case.Lk)
+
+
+def test_kernel_guard_lets_the_alarm_through():
+    """gpu_kernels._guard records errors and goes on, but the suite's TimeoutError ends the item."""
+    import pytest
+
+    gk = load_bench("gpu_kernels")
+    out: dict = {}
+    assert gk._guard(out, "boom", lambda: 1 / 0) is None and out["errors"][0]["what"] == "boom"
+
+    def slow():
+        raise TimeoutError("alarm")
+
+    with pytest.raises(TimeoutError):
+        gk._guard(out, "slow", slow)
+
+
+def test_kernel_checks_run_with_tf32_off():
+    """exact_fp32 turns TF32 off (the kernels' dot precision follows it) and restores the settings."""
+    from rald_fast.kernels._runtime import dot_precision
+
+    gk = load_bench("gpu_kernels")
+    old = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")
+        assert dot_precision(torch.float32) == "tf32"
+        with gk.exact_fp32():
+            assert dot_precision(torch.float32) == "ieee" and not torch.backends.cuda.matmul.allow_tf32
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(old)
+
+
+def test_kernel_item_is_costed_from_its_compile_count():
+    gk = load_bench("gpu_kernels")
+    est = gk.estimate_seconds(gk.plan(True))
+    assert est["triton_compiles"] >= 10 and est["flex_compiles"] == 4
+    assert est["seconds"] >= est["triton_compiles"] * gk.TRITON_COMPILE_S + 4 * gk.FLEX_COMPILE_S
+    cost, limit = load_suite().kernels_cost(dry=False)
+    assert cost == est["seconds"] and limit > cost

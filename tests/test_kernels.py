@@ -21,7 +21,13 @@ from rald_fast.kernels import _runtime, attention, attention_op, attention_ref
 
 # the package attribute `attention` is the function; the module of the same name lives in sys.modules
 attention_module = importlib.import_module("rald_fast.kernels.attention")
-from rald_fast.kernels.testing import assert_close, assert_within_ref_error, check_child_run, run_pytest_in_mode
+from rald_fast.kernels.testing import (
+    assert_close,
+    assert_within_ref_error,
+    check_child_run,
+    kernel_device,
+    run_pytest_in_mode,
+)
 
 INTERPRETED = kernels.interpret_mode()
 needs_triton = pytest.mark.skipif(not kernels.HAS_TRITON, reason="triton not installed")
@@ -38,6 +44,16 @@ def test_compiled_triton_in_subprocess():
     """The `compiled_triton` tests (deselected in this interpreted session) in a compiled-mode child."""
     check_child_run(*run_pytest_in_mode("-m", "compiled_triton", "tests/test_kernels.py",
                                         "tests/test_kernels_compile.py", interpret=False))
+
+
+@pytest.fixture
+def device():
+    """Where the kernels run: CPU tensors under the interpreter (a session without CUDA), CUDA tensors
+    in a CUDA session, so `pytest -k kernel` on a GPU machine runs these tests on the GPU."""
+    dev = kernel_device()
+    if dev is None:
+        pytest.skip("no CUDA and no Triton interpreter in this session")
+    return dev
 
 
 @pytest.fixture
@@ -75,7 +91,7 @@ def make_inputs(H, Lq, Lk, Dk, Dv, bias, T=11, dtype=torch.float32, device="cpu"
 
 
 def check_against_reference(fn, q, k, v, table, xi, out_tol=FP32_TOL, grad_tol=FP32_TOL):
-    """Output and every gradient (q, k, v, bias table) of fn against attention_ref, fp32 CPU."""
+    """Output and every gradient (q, k, v, bias table) of fn against attention_ref, fp32."""
     leaves = [t for t in (q, k, v, table) if t is not None]
     out = fn(q, k, v, SCALE, table, xi)
     ref = attention_ref(q, k, v, SCALE, table, xi)
@@ -93,57 +109,113 @@ SIZES = [1, 2, 5, 7, 39, 128]
 @needs_triton
 @pytest.mark.parametrize("Lk", SIZES)
 @pytest.mark.parametrize("Lq", SIZES)
-def test_triton_matches_reference_sizes(interpret, Lq, Lk):
+def test_triton_matches_reference_sizes(device, Lq, Lk):
     # odd head dims on purpose: Dk = 40 and Dv = 24 are padded to 64 / 32 and masked
-    check_against_reference(attention_op, *make_inputs(2, Lq, Lk, 40, 24, bias=True))
+    check_against_reference(attention_op, *make_inputs(2, Lq, Lk, 40, 24, bias=True, device=device))
 
 
 @needs_triton
 @pytest.mark.parametrize("Dk,Dv", [(16, 16), (32, 32), (64, 64), (40, 64), (72, 40), (128, 128)])
 @pytest.mark.parametrize("bias", [False, True])
-def test_triton_matches_reference_head_dims(interpret, Dk, Dv, bias):
-    check_against_reference(attention_op, *make_inputs(3, 39, 41, Dk, Dv, bias=bias))
+def test_triton_matches_reference_head_dims(device, Dk, Dv, bias):
+    check_against_reference(attention_op, *make_inputs(3, 39, 41, Dk, Dv, bias=bias, device=device))
 
 
 @needs_triton
-def test_triton_hlrr_label_graph(interpret):
+def test_triton_hlrr_label_graph(device):
     """HLRR's real case: 39 label tokens, 8 heads of 64, sigma = 500 table, Graphormer xi (eq. 8-9)."""
-    xi = rald_xi()
-    table = torch.linspace(1.0, -1.0, 501).repeat(8, 1).requires_grad_()  # decreasing in xi (SPEC 3.2)
-    q, k, v, _, _ = make_inputs(8, 39, 39, 64, 64, bias=False)
+    xi = rald_xi().to(device)
+    table = torch.linspace(1.0, -1.0, 501, device=device).repeat(8, 1).requires_grad_()  # decreasing in xi
+    q, k, v, _, _ = make_inputs(8, 39, 39, 64, 64, bias=False, device=device)
     check_against_reference(attention_op, q, k, v, table, xi)
 
 
 @needs_triton
 @pytest.mark.parametrize("Lq,Lk,splits", [(130, 200, 1), (65, 129, 1), (7, 300, 3), (130, 257, 5), (1, 1000, 4)])
-def test_triton_gpu_tiling_and_key_splits(interpret, monkeypatch, Lq, Lk, splits):
-    """The GPU tiles themselves (64 x 64, several query and key blocks), and split-K over the keys."""
+def test_triton_gpu_tiling_and_key_splits(device, monkeypatch, Lq, Lk, splits):
+    """The GPU tiles themselves (64 x 64, several query and key blocks), and split-K over the keys:
+    the split backward (Lk > 256) and the fused one (Lq, Lk <= 256, several blocks per head)."""
     monkeypatch.setattr(_runtime, "INTERPRET_TILE_FACTOR", 1)
     fn = lambda q, k, v, s, b, x: attention_op(q, k, v, s, b, x, num_splits=splits)
-    check_against_reference(fn, *make_inputs(2, Lq, Lk, 64, 40, bias=True))
+    check_against_reference(fn, *make_inputs(2, Lq, Lk, 64, 40, bias=True, device=device))
 
 
 @needs_triton
-def test_triton_strided_inputs(interpret):
+def test_triton_strided_inputs(device):
     """Views as the model makes them: (L, H, D) projections permuted to (H, L, D), non-contiguous."""
-    q0, k0, v0 = (torch.randn(n, 4, 64, requires_grad=True) for n in (37, 53, 53))
-    xi = torch.randint(0, 5, (53, 37)).t()  # transposed index table: strides (1, 37)
-    table = torch.randn(4, 5, requires_grad=True)
+    q0, k0, v0 = (torch.randn(n, 4, 64, device=device, requires_grad=True) for n in (37, 53, 53))
+    xi = torch.randint(0, 5, (53, 37), device=device).t()  # transposed index table: strides (1, 37)
+    table = torch.randn(4, 5, device=device, requires_grad=True)
     q, k, v = (t.permute(1, 0, 2) for t in (q0, k0, v0))
     assert not q.is_contiguous() and not xi.is_contiguous()
     check_against_reference(attention_op, q, k, v, table, xi)
 
 
 @needs_triton
-def test_large_logits_are_stable(interpret):
+def test_large_logits_are_stable(device):
     """Online softmax stays finite where exp(logit) alone would overflow fp32."""
-    q, k, v, table, xi = make_inputs(2, 9, 70, 16, 16, bias=True)
+    q, k, v, table, xi = make_inputs(2, 9, 70, 16, 16, bias=True, device=device)
     with torch.no_grad():
         q.mul_(40.0)
         table.mul_(100.0)
     out = attention_op(q, k, v, SCALE, table, xi)
     assert torch.isfinite(out).all()
     assert_close(out, attention_ref(q, k, v, SCALE, table, xi), name="out", atol=1e-4, rtol=1e-4)
+
+
+@needs_triton
+def test_fused_backward_is_deterministic(device):
+    """Lq, Lk <= 256: one program per head reduces dq, dk, dv and the bias-table gradient in a fixed
+    order (no atomics), so two backward passes are bit-identical."""
+    from rald_fast.kernels import attention_triton
+
+    q, k, v, _, _ = make_inputs(2, 39, 39, 64, 64, bias=False, device=device)
+    xi = rald_xi().to(device)
+    table = torch.randn(2, 501, device=device, requires_grad=True)
+    assert attention_triton.use_fused_backward(39, 39, xi)
+    out = attention_op(q, k, v, SCALE, table, xi)
+    g = torch.randn_like(out)
+    first = torch.autograd.grad(out, (q, k, v, table), g, retain_graph=True)
+    second = torch.autograd.grad(out, (q, k, v, table), g)
+    for name, a, b in zip(("dq", "dk", "dv", "dbias"), first, second):
+        assert torch.equal(a, b), f"{name} differs between two backward passes"
+    unused = torch.ones(501, dtype=torch.bool, device=device)
+    unused[xi.unique()] = False
+    assert first[3][:, unused].eq(0).all()  # the kernel writes every table entry, zeros included
+
+
+@needs_triton
+@pytest.mark.parametrize("Lq,Lk", [(7, 5), (61, 130)])
+def test_fused_and_split_backward_agree(device, monkeypatch, Lq, Lk):
+    """The fused backward (default at these sizes) and the split kernels (forced) against the reference."""
+    from rald_fast.kernels import attention_triton
+
+    inputs = make_inputs(2, Lq, Lk, 32, 24, bias=True, device=device)
+    check_against_reference(attention_op, *inputs)
+    monkeypatch.setattr(attention_triton, "use_fused_backward", lambda *a: False)
+    check_against_reference(attention_op, *inputs)
+
+
+@needs_triton
+def test_many_bias_classes_take_the_split_backward(device):
+    """More distinct xi values than the fused kernel reduces itself: the split kernels, same maths."""
+    from rald_fast.kernels import attention_triton
+
+    xi = torch.arange(9 * 11, device=device).reshape(9, 11)  # 99 classes > MAX_BIAS_CLASSES
+    assert not attention_triton.use_fused_backward(9, 11, xi)
+    q, k, v, table, _ = make_inputs(2, 9, 11, 16, 16, bias=True, T=99, device=device)
+    check_against_reference(attention_op, q, k, v, table, xi)
+
+
+@needs_triton
+@pytest.mark.parametrize("Dk,Dv,H", [(512, 512, 1), (300, 64, 2)])
+def test_wide_heads_fall_back_cleanly(device, Dk, Dv, H):
+    """Head dims above the kernels' 256 (the loss's cosine relations use D = 512): the op's fp32
+    composite runs instead, with the same results, whatever backend was asked."""
+    q, k, v, _, _ = make_inputs(H, 5, 9, Dk, Dv, bias=False, device=device)
+    check_against_reference(attention_op, q, k, v, None, None)
+    out = attention(q, k, v, SCALE, backend="triton")
+    assert_close(out, attention_ref(q, k, v, SCALE), name="out", **FP32_TOL)
 
 
 @pytest.mark.parametrize("Lq,Lk,bias", [(1, 1, True), (5, 7, True), (39, 39, False), (128, 7, True)])
@@ -182,12 +254,12 @@ def test_auto_picks_reference_on_cpu_even_when_interpreting(monkeypatch):
 
 
 @needs_triton
-def test_env_switch_forces_triton(interpret, monkeypatch):
+def test_env_switch_forces_triton(device, monkeypatch):
     calls = []
     real = kernels.attention_op
     monkeypatch.setattr(kernels, "attention_op", lambda *a, **k: calls.append(1) or real(*a, **k))
     monkeypatch.setenv("RALD_FAST_KERNELS", "triton")
-    q, k, v, table, xi = make_inputs(2, 5, 7, 16, 16, bias=True)
+    q, k, v, table, xi = make_inputs(2, 5, 7, 16, 16, bias=True, device=device)
     out = attention(q, k, v, SCALE, table, xi)
     assert calls == [1]
     assert_close(out, attention_ref(q, k, v, SCALE, table, xi), name="out", **FP32_TOL)

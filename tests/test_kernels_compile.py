@@ -29,7 +29,8 @@ def compile_sm90(kernel, pointers: dict, constexprs: dict, num_stages: int):
     from triton.compiler import ASTSource
 
     names = list(inspect.signature(kernel.fn).parameters)
-    signature = {n: pointers.get(n) or ("constexpr" if n in constexprs else "fp32" if n == "scale" else "i32")
+    floats = ("scale", "qk_scale")
+    signature = {n: pointers.get(n) or ("constexpr" if n in constexprs else "fp32" if n in floats else "i32")
                  for n in names}
     try:
         src = ASTSource(kernel, signature, {(names.index(n),): v for n, v in constexprs.items()})
@@ -40,17 +41,18 @@ def compile_sm90(kernel, pointers: dict, constexprs: dict, num_stages: int):
 
 
 def attn_pointers(dt: str) -> dict:
-    ptrs = {n: f"*{dt}" for n in ("Q", "K", "V", "Out", "DO", "DK", "DV", "DQ")}
-    ptrs.update(Bias="*fp32", Xi="*i64", Lse="*fp32", Delta="*fp32", DBias="*fp32")
+    ptrs = {n: f"*{dt}" for n in ("Q", "K", "V", "O", "Out", "DO", "DK", "DV", "DQ")}
+    ptrs.update(Bias="*fp32", Lse="*fp32", Delta="*fp32", DS="*fp32", DBias="*fp32", Cls="*i32", Uniq="*i32")
     return ptrs
 
 
-# (kernel, dtype, head dim, bias): every kernel at RALD's d = 64 in bf16, and the one with the most
-# shared memory at d = 64, the fp32 dk/dv backward (97 KB; other dims are measured in
+# (kernel, dtype, head dim, bias): every kernel at RALD's d = 64 in bf16, and the ones with the most
+# shared memory at d = 64 in fp32: the split dk/dv backward (97 KB; other dims are measured in
 # attention_triton._blocks' docstring: fp32 d = 128 peaks at 161 KB but takes a minute to compile)
-KERNELS = ("_attn_fwd_kernel", "_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel")
+# and the fused one-program-per-head backward
+KERNELS = ("_attn_fwd_kernel", "_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel", "_attn_bwd_fused_kernel")
 ATTN_CONFIGS = [(name, "bf16", 64, True) for name in KERNELS]
-ATTN_CONFIGS += [("_attn_bwd_dkdv_kernel", "fp32", 64, True)]
+ATTN_CONFIGS += [("_attn_bwd_dkdv_kernel", "fp32", 64, True), ("_attn_bwd_fused_kernel", "fp32", 64, True)]
 
 
 @pytest.mark.parametrize("name,dt,d,bias", ATTN_CONFIGS)
@@ -59,10 +61,13 @@ def test_attention_kernels_compile_for_sm90(name, dt, d, bias):
 
     from rald_fast.kernels import _runtime, attention_triton
 
-    bm, bn, bdk, bdv, stages = attention_triton._blocks(4096, 4096, d, d)  # the launcher's tiles
+    L = attention_triton.FUSED_MAX_LEN if "fused" in name else 4096
+    bm, bn, bdk, bdv, stages = attention_triton._blocks(L, L, d, d)  # the launcher's tiles
     torch_dt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dt]
     const = dict(HAS_BIAS=bias, BLOCK_M=bm, BLOCK_N=bn, BLOCK_DK=bdk, BLOCK_DV=bdv,
                  PRECISION=_runtime.dot_precision(torch_dt))
+    if "fused" in name:
+        const.update(CLS_P=4, BLOCK_T=512)  # HLRR: 4 xi classes, a table of 501
     compiled = compile_sm90(getattr(attention_triton, name), attn_pointers(dt), const, stages)
     assert "cubin" in compiled.asm
     assert compiled.metadata.shared <= SM90_SMEM, f"{compiled.metadata.shared} bytes of shared memory"

@@ -1,7 +1,7 @@
 """NNLDL neighbour targets (rald_fast.kernels.topk, SPEC 4, eq. 18): streaming Triton vs reference.
 
-Interpreter handling as in test_kernels.py: `interpret` tests run in-process (tests/conftest.py turns
-the interpreter on for a session without CUDA). Indices must match the
+Device handling as in test_kernels.py: the `device` fixture gives CPU tensors under the interpreter
+(tests/conftest.py turns it on for a session without CUDA) and CUDA tensors in a CUDA session. Indices must match the
 reference exactly (the random data have no near-ties at fp32 resolution; exact ties are built on
 purpose below and must break towards the lower key index). Weights and targets, fp32: the kernel sums
 the head probabilities in another order, a few ulps: atol 1e-6 on weights and D (values <= 1).
@@ -14,7 +14,7 @@ import torch
 
 from rald_fast import kernels
 from rald_fast.kernels import _runtime, neighbour_targets, neighbour_targets_ref, neighbour_targets_triton
-from rald_fast.kernels.testing import assert_close
+from rald_fast.kernels.testing import assert_close, kernel_device
 
 INTERPRETED = kernels.interpret_mode()
 needs_triton = pytest.mark.skipif(not kernels.HAS_TRITON, reason="triton not installed")
@@ -22,6 +22,14 @@ needs_cuda = pytest.mark.skipif(not (torch.cuda.is_available() and kernels.HAS_T
                                 reason="needs CUDA + triton, compiled (not interpreted)")
 SCALE = 0.125
 TOL = dict(atol=1e-6, rtol=1e-5)
+
+
+@pytest.fixture
+def device():
+    dev = kernel_device()
+    if dev is None:
+        pytest.skip("no CUDA and no Triton interpreter in this session")
+    return dev
 
 
 def make(H, N, M, D, C=7, scale_q=1.0, device="cpu", dtype=torch.float32):
@@ -56,8 +64,8 @@ CASES = [
 @needs_triton
 @pytest.mark.parametrize("topk", [1, 5, 16])
 @pytest.mark.parametrize("H,N,M,offset,exclude", CASES)
-def test_triton_matches_reference(interpret, H, N, M, offset, exclude, topk):
-    q, k, p = make(H, N, M, 40, scale_q=4.0)  # scale_q: peaked relations, as trained ITRR gives
+def test_triton_matches_reference(device, H, N, M, offset, exclude, topk):
+    q, k, p = make(H, N, M, 40, scale_q=4.0, device=device)  # scale_q: peaked relations, as trained ITRR gives
     kw = dict(exclude_self=exclude, key_offset=offset)
     assert_same_targets(neighbour_targets_triton(q, k, p, topk, SCALE, **kw),
                         neighbour_targets_ref(q, k, p, topk, SCALE, **kw))
@@ -65,9 +73,9 @@ def test_triton_matches_reference(interpret, H, N, M, offset, exclude, topk):
 
 @needs_triton
 @pytest.mark.parametrize("N,M,topk,splits", [(70, 500, 5, 1), (70, 500, 5, 3), (3, 1000, 32, 7), (130, 200, 7, 2)])
-def test_triton_gpu_tiling_and_key_splits(interpret, monkeypatch, N, M, topk, splits):
+def test_triton_gpu_tiling_and_key_splits(device, monkeypatch, N, M, topk, splits):
     monkeypatch.setattr(_runtime, "INTERPRET_TILE_FACTOR", 1)  # the GPU's 64 x 64 tiles
-    q, k, p = make(2, N, M, 64, scale_q=4.0)
+    q, k, p = make(2, N, M, 64, scale_q=4.0, device=device)
     assert_same_targets(neighbour_targets_triton(q, k, p, topk, SCALE, key_offset=M - N, num_splits=splits),
                         neighbour_targets_ref(q, k, p, topk, SCALE, key_offset=M - N))
 
@@ -88,16 +96,52 @@ def test_ties_break_to_lower_index(request, impl):
 
 
 @needs_triton
-def test_exact_ties_between_duplicate_keys(interpret):
+def test_exact_ties_between_duplicate_keys(device):
     """Integer data make every logit exact; keys duplicated across key blocks tie exactly."""
     q = torch.randint(-2, 3, (2, 9, 16)).float()
     k = torch.randint(-2, 3, (2, 600, 16)).float()
     k[:, 500:560] = k[:, 0:60]  # duplicates in later key blocks must lose the ties
     k[:, 300:310] = k[:, 290:300]
     p = torch.softmax(torch.randn(600, 5), -1)
+    q, k, p = q.to(device), k.to(device), p.to(device)
     got = neighbour_targets_triton(q, k, p, 8, 1.0, exclude_self=False)
     want = neighbour_targets_ref(q, k, p, 8, 1.0, exclude_self=False)
     assert_same_targets(got, want)
+
+
+@needs_triton
+@pytest.mark.parametrize("S,KP,topk,C", [(1, 8, 5, 7), (3, 8, 5, 33), (5, 32, 32, 3)])
+def test_merge_kernel_matches_sort_and_aggregate(device, S, KP, topk, C):
+    """The one-launch merge + aggregation against sort (value desc, index asc) and eq. 18 in PyTorch,
+    with exact value ties across splits and empty (-inf) slots."""
+    from rald_fast.kernels import topk_triton
+
+    N, M = 11, 400
+    keys = torch.randperm(M)[: S * KP].reshape(S, 1, KP).expand(S, N, KP).contiguous()
+    vals = torch.rand(S, N, KP).round(decimals=1)  # coarse values: many exact ties
+    vals[:, :, -1] = float("-inf")  # one empty slot per split
+    keys[:, :, -1] = 2**31 - 1
+    p = torch.softmax(torch.randn(M, C), -1)
+    d, idx, w = topk_triton.merge_aggregate(vals.to(device), keys.int().to(device), p.to(device), topk)
+    flat_v, flat_i = vals.permute(1, 0, 2).reshape(N, -1), keys.permute(1, 0, 2).reshape(N, -1).long()
+    order = torch.argsort(flat_i, dim=1, stable=True)
+    flat_v, flat_i = flat_v.gather(1, order), flat_i.gather(1, order)
+    sv, order = torch.sort(flat_v, dim=1, descending=True, stable=True)
+    si = flat_i.gather(1, order)[:, :topk]
+    sw = sv[:, :topk] / sv[:, :topk].sum(1, keepdim=True)
+    assert torch.equal(idx.cpu(), si)
+    assert_close(w, sw, name="w", **TOL)
+    assert_close(d, (sw[..., None] * p[si]).sum(1), name="D", **TOL)
+
+
+def test_wide_heads_take_the_reference(monkeypatch):
+    """Head dims above 256 (the loss's cosine relations: H = 1, D = 512) use the reference under any
+    backend instead of failing in the kernel."""
+    monkeypatch.setattr(kernels, "neighbour_targets_triton", lambda *a, **kw: pytest.fail("kernel for D = 512"))
+    q, k, p = make(1, 6, 50, 512)
+    for backend in ("auto", "reference", "triton") if kernels.interpret_mode() else ("auto", "reference"):
+        assert_same_targets(neighbour_targets(q, k, p, 3, SCALE, backend=backend),
+                            neighbour_targets_ref(q, k, p, 3, SCALE))
 
 
 @pytest.mark.parametrize("impl", ["reference", "triton"])
@@ -157,8 +201,8 @@ def test_dispatch(monkeypatch):
 
 
 @needs_triton
-def test_env_switch_and_large_k(interpret, monkeypatch):
-    q, k, p = make(2, 5, 100, 16)
+def test_env_switch_and_large_k(device, monkeypatch):
+    q, k, p = make(2, 5, 100, 16, device=device)
     monkeypatch.setenv("RALD_FAST_KERNELS", "triton")
     assert_same_targets(neighbour_targets(q, k, p, 5, SCALE), neighbour_targets_ref(q, k, p, 5, SCALE))
     # k above the register budget: "auto" falls back to the reference, "triton" says why it can't

@@ -2,15 +2,24 @@
 model that calls the custom ops traces under torch.compile and torch.export.
 
 Kernel runs need Triton's interpreter on a CPU; as in test_kernels.py they run in-process
-(tests/conftest.py turns the interpreter on for a session without CUDA).
+(tests/conftest.py turns the interpreter on for a session without CUDA), and on CUDA tensors in a
+CUDA session (the `device` fixture).
 """
 
 import torch
 
 from rald_fast.config import make_config
 from rald_fast.hierarchy import fg_emotions
-from rald_fast.kernels.testing import assert_close, seed_everything
+from rald_fast.kernels.testing import assert_close, kernel_device, seed_everything
 from rald_fast.models import build_model, rald_loss
+
+
+@pytest.fixture
+def device():
+    dev = kernel_device()
+    if dev is None:
+        pytest.skip("no CUDA and no Triton interpreter in this session")
+    return dev
 
 
 def tiny(variant="rald"):
@@ -19,12 +28,14 @@ def tiny(variant="rald"):
     return build_model(cfg, fg_emotions()), cfg
 
 
-def train_steps(backend: str, monkeypatch, steps=3):
+def train_steps(backend: str, monkeypatch, steps=3, device="cpu"):
     monkeypatch.setenv("RALD_FAST_KERNELS", backend)
     model, cfg = tiny()
+    model = model.to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     gen = torch.Generator().manual_seed(1)
     x, y = torch.randn(6, 3, 32, 32, generator=gen), torch.randint(0, 33, (6,), generator=gen)
+    x, y = x.to(device), y.to(device)
     losses, logits = [], None
     for _ in range(steps):
         out = model(x)
@@ -37,9 +48,9 @@ def train_steps(backend: str, monkeypatch, steps=3):
     return logits, torch.tensor(losses)
 
 
-def test_kernels_on_and_off_agree(interpret, monkeypatch):
-    ref_logits, ref_losses = train_steps("reference", monkeypatch)
-    tri_logits, tri_losses = train_steps("triton", monkeypatch)
+def test_kernels_on_and_off_agree(device, monkeypatch):
+    ref_logits, ref_losses = train_steps("reference", monkeypatch, device=device)
+    tri_logits, tri_losses = train_steps("triton", monkeypatch, device=device)
     # fp32 everywhere; the kernel's online softmax sums in another order: 1e-4 absorbs that
     assert_close(tri_logits, ref_logits, atol=1e-4, rtol=1e-4, name="first-step logits")
     assert_close(tri_losses, ref_losses, atol=1e-4, rtol=1e-4, name="losses over 3 steps")

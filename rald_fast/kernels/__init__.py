@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 BACKENDS = ("auto", "reference", "triton")
+MAX_TOPK_HEAD_DIM = 256  # topk_triton.MAX_HEAD_DIM (without importing Triton here)
 ENV_VAR = "RALD_FAST_KERNELS"
 
 
@@ -87,7 +88,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, bias_table: Optiona
             autocast's dtype when autocast is on, else to their promoted dtype, the output's.
         scale: logit scale (SPEC: lambda = 0.125).
         bias_table: (H, T) learnable bias table. xi: (Lq, Lk) int64 indices into its last dim.
-        backend: "auto", "reference" or "triton" (module docstring).
+        backend: "auto", "reference" or "triton" (module docstring). Head dims > 256 run the custom
+            op's fp32 PyTorch composite instead of the kernels.
     Returns:
         (H, Lq, Dv).
     """
@@ -125,14 +127,16 @@ def neighbour_targets(q: Tensor, k: Tensor, p: Tensor, topk: int, scale: float, 
         exclude_self: key i + key_offset is never image i's neighbour.
         key_offset: position of the batch inside the key set (0 when the key set is the batch).
         backend: "auto", "reference" or "triton" (module docstring). "auto" uses the reference
-            when k > 32 (the Triton path keeps the top-k in registers).
+            when k > 32 (the Triton path keeps the top-k in registers); head dims > 256 (the loss's
+            cosine relations may pass D = 512) take the reference whatever the backend.
     Returns:
         D (N, C) in p's dtype, idx (N, k') int64, w (N, k') fp32, sorted by decreasing relation;
         no gradient.
     """
     chosen = resolve_backend(backend, q, "neighbour_targets")
     k_eff = clamp_topk(topk, q.shape[1], k.shape[1], exclude_self, key_offset)
-    if chosen == "triton" and (k_eff <= MAX_TOPK or backend == "triton"):
+    wide = q.dim() == 3 and q.shape[2] > MAX_TOPK_HEAD_DIM
+    if chosen == "triton" and not wide and (k_eff <= MAX_TOPK or backend == "triton"):
         return neighbour_targets_triton(q, k, p, topk, scale, exclude_self=exclude_self, key_offset=key_offset)
     return neighbour_targets_ref(q, k, p, topk, scale, exclude_self=exclude_self, key_offset=key_offset)
 

@@ -18,13 +18,17 @@ Backward, with P = softmax(logit), dO = grad of out, delta[i] = sum_d dO[i, d] *
 Implementations:
 - `attention_ref`: plain PyTorch in the inputs' dtype; materialises the (H, Lq, Lk) logits. It is
   the export-safe path (ONNX, TensorRT) and the CPU path.
-- `attention_op`: the custom op `rald_fast::attention_fwd` (+ `rald_fast::attention_bwd`), with fake
-  implementations so torch.compile / torch.export trace it and an autograd registration. It runs
-  the Triton kernels of attention_triton.py on CUDA (or on CPU under TRITON_INTERPRET=1) and an
-  fp32 PyTorch composite of the same forward/backward elsewhere. fp32 accumulation throughout;
-  no double backward.
-Limits of the Triton path: Lk >= 1, head dims <= 256, xi entries in [0, T) (not checked: a device
-sync per call would cost more than the kernel).
+- `attention_op`: the Triton kernels of attention_triton.py on CUDA (or on CPU under
+  TRITON_INTERPRET=1). Eagerly it goes through `_TritonAttention`, a torch.autograd.Function that
+  calls the launchers directly (cached tile / split configurations, cached xi classes): the
+  dispatcher overhead of a custom op is a large share of a launch-bound 39 x 39 attention. Under
+  torch.compile / torch.export it is the custom op `rald_fast::attention_fwd` (+ `attention_bwd`),
+  with fake implementations and an autograd registration, which runs the same launchers. Where the
+  kernels cannot run (no Triton, CPU without the interpreter, head dims > 256) the op runs an fp32
+  PyTorch composite of the same forward/backward. fp32 accumulation throughout; no double backward.
+  For Lq, Lk <= 256 the backward is one deterministic kernel launch (attention_triton.py).
+Limits of the Triton path: Lk >= 1, head dims <= 256 (wider: the composite), xi entries in [0, T)
+(not checked: a device sync per call would cost more than the kernel).
 """
 
 from __future__ import annotations
@@ -38,8 +42,15 @@ from ._runtime import HAS_TRITON, can_launch
 
 if HAS_TRITON:
     from . import attention_triton as _tri
+    from .attention_triton import MAX_HEAD_DIM
 else:  # pragma: no cover
     _tri = None
+    MAX_HEAD_DIM = 256
+
+
+def _kernels_run(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    """True when the Triton kernels can run these inputs (device, interpreter, head dims)."""
+    return can_launch(q) and max(q.shape[-1], v.shape[-1]) <= MAX_HEAD_DIM
 
 
 def attention_ref(q: Tensor, k: Tensor, v: Tensor, scale: float,
@@ -89,7 +100,7 @@ def _bwd_composite(q, k, v, out, lse, dout, scale, bias_table, xi):
 def _attention_fwd(q: Tensor, k: Tensor, v: Tensor, scale: float, bias_table: Optional[Tensor],
                    xi: Optional[Tensor], num_splits: int) -> tuple[Tensor, Tensor]:
     """Returns (out (H, Lq, Dv) in q's dtype, lse (H, Lq) fp32). num_splits 0 = automatic."""
-    if can_launch(q):
+    if _kernels_run(q, k, v):
         return _tri.attention_fwd(q, k, v, scale, bias_table, xi, num_splits or None)
     return _fwd_composite(q, k, v, scale, bias_table, xi)
 
@@ -105,7 +116,7 @@ def _attention_bwd(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, do
                    scale: float, bias_table: Optional[Tensor], xi: Optional[Tensor],
                    num_splits: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Returns (dq, dk, dv, d bias_table); the last is an empty (0, 0) tensor without bias."""
-    if can_launch(q):
+    if _kernels_run(q, k, v):
         return _tri.attention_bwd(q, k, v, out, lse, dout, scale, bias_table, xi, num_splits or None)
     return _bwd_composite(q, k, v, out, lse, dout, scale, bias_table, xi)
 
@@ -134,6 +145,33 @@ def _backward(ctx, dout, _dlse):
 _attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _TritonAttention(torch.autograd.Function):
+    """The eager path: the launchers called directly, without the custom op's dispatch."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, scale, bias_table, xi, num_splits):
+        bias = _tri.bias_tile(bias_table, xi)  # gathered once, kept for the backward
+        out, lse = _tri.attention_fwd(q, k, v, scale, bias_table, xi, num_splits or None, bias=bias)
+        ctx.save_for_backward(q, k, v, out, lse, bias_table, xi, bias)
+        ctx.scale, ctx.num_splits = scale, num_splits
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse, bias_table, xi, bias = ctx.saved_tensors
+        dq, dk, dv, db = _tri.attention_bwd(q, k, v, out, lse, dout.contiguous(), ctx.scale, bias_table, xi,
+                                            ctx.num_splits or None, bias=bias)
+        return dq, dk, dv, None, (db if bias_table is not None else None), None, None
+
+
+def _tracing() -> bool:
+    """torch.compile or torch.export is tracing: the custom op, which they can see through."""
+    compiler = getattr(torch, "compiler", None)
+    if compiler is None:  # pragma: no cover - old torch
+        return False
+    return bool(compiler.is_compiling() or getattr(compiler, "is_exporting", lambda: False)())
+
+
 def attention_op(q: Tensor, k: Tensor, v: Tensor, scale: float, bias_table: Optional[Tensor] = None,
                  xi: Optional[Tensor] = None, num_splits: int = 0) -> Tensor:
     """Attention through the custom op (Triton where it can launch, fp32 composite elsewhere).
@@ -148,4 +186,6 @@ def attention_op(q: Tensor, k: Tensor, v: Tensor, scale: float, bias_table: Opti
         raise ValueError("attention: pass both bias_table and xi, or neither")
     if k.shape[1] == 0:
         raise ValueError("attention: needs at least one key (Lk >= 1)")
+    if not _tracing() and _kernels_run(q, k, v):
+        return _TritonAttention.apply(q, k, v, float(scale), bias_table, xi, int(num_splits))
     return torch.ops.rald_fast.attention_fwd(q, k, v, float(scale), bias_table, xi, int(num_splits))[0]

@@ -85,3 +85,15 @@ def assert_within_ref_error(actual: torch.Tensor, ref_lowp: torch.Tensor, ref_fp
     if not err <= factor * ref_err + atol:
         msg = first_mismatch(actual, truth, atol=factor * ref_err + atol, rtol=0.0)
         raise AssertionError(f"{name}: max error {err:.3g} > {factor} x PyTorch's {ref_err:.3g} + {atol}; {msg}")
+
+
+def kernel_device() -> str | None:
+    """Where the Triton kernels run in this test session: "cuda" (compiled) on a GPU machine, "cpu"
+    under Triton's interpreter, None when neither (the kernel tests then skip)."""
+    from . import HAS_TRITON, interpret_mode
+
+    if not HAS_TRITON:
+        return None
+    if interpret_mode():
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else None

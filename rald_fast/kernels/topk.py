@@ -16,8 +16,10 @@ loss's option of letting the gradient through D; callers that want a target deta
 
 - `neighbour_targets_ref` materialises the (H, N, M) logits: O(H N M) memory.
 - `neighbour_targets_triton` (topk_triton.py) streams the keys twice, a per-head log-sum-exp pass
-  and a ranking pass with a running top-k in registers, so its extra memory is O(H N + N S k) for S
-  key splits: a bank of M = 65,536 keys never becomes an N x M matrix. k <= 32 on that path.
+  and a ranking pass with a running top-k in registers, then one small kernel merges the split
+  candidates and aggregates D: three launches, extra memory O(H N + N S k) for S key splits, so a
+  bank of M = 65,536 keys never becomes an N x M matrix. k <= 32 and head dims <= 256 on that path
+  (`neighbour_targets` falls back to the reference beyond either).
 
 Returns (D (N, C) in p's dtype, idx (N, k') int64, w (N, k') fp32) with k' the clamped k; idx and
 w are sorted by decreasing relation (paper Fig. 8). k' == 0 (a lone image without a bank) gives
@@ -95,11 +97,9 @@ def neighbour_targets_triton(q: Tensor, k: Tensor, p: Tensor, topk: int, scale: 
         return _empty(N, p)
     if k.dtype != q.dtype:
         k = k.to(q.dtype)
+    if q.shape[2] > _tri.MAX_HEAD_DIM:
+        raise ValueError(f"neighbour_targets: the Triton top-k needs head dims <= {_tri.MAX_HEAD_DIM}, "
+                         f"got {q.shape[2]}; use backend='reference' or 'auto'")
     lse = _tri.row_lse(q, k, scale, num_splits)  # (H, N) pass 1
-    vals, idx = _tri.topk_candidates(q, k, lse, k_eff, scale, exclude_self, key_offset, num_splits)
-    # merge the split candidates by (value desc, index asc): sort by index, then stable by value
-    order = torch.argsort(idx, dim=1, stable=True)
-    vals, idx = vals.gather(1, order), idx.gather(1, order)
-    vals, order = torch.sort(vals, dim=1, descending=True, stable=True)
-    idx = idx.gather(1, order)
-    return _aggregate(vals[:, :k_eff], idx[:, :k_eff], p)
+    top_v, top_i = _tri.topk_candidates(q, k, lse, k_eff, scale, exclude_self, key_offset, num_splits)
+    return _tri.merge_aggregate(top_v, top_i, p, k_eff)  # merge by (value desc, index asc), eq. 18
