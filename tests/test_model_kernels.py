@@ -6,6 +6,7 @@ Kernel runs need Triton's interpreter on a CPU; as in test_kernels.py they run i
 CUDA session (the `device` fixture).
 """
 
+import pytest
 import torch
 
 from rald_fast.config import make_config

@@ -179,7 +179,7 @@ def study_markdown(study: dict) -> str:
                    f"{purity_f} | {purity_c} | {_mean_pct(fcos) if fcos else '-'} | {entropy} |")
     out += ["", "**Label noise** (share of training labels flipped to a near class; test labels clean):", "",
             "| flipped | ResNet18 fine | RALD fine | RALD − ResNet18 (paired) |", "| ---: | ---: | ---: | ---: |"]
-    for flip, (a, r) in noise.items():
+    for flip, (a, r) in sorted(noise.items()):
         out.append(f"| {100 * flip:.0f} % | {_mean_pct(a.fine())} | {_mean_pct(r.fine())} | {paired(r, a)} |")
     return "\n".join(out) + "\n"
 

@@ -104,7 +104,7 @@ def _attn_fwd_kernel(
 
 @jit
 def _attn_bwd_fused_kernel(
-    Q, K, V, Bias, O, DO, Lse,  # as in the forward; o, dO (H, Lq, Dv); lse (H, Lq) fp32 natural log
+    Q, K, V, Bias, O, DO, Lse,  # noqa: E741 -- as in the forward; o, dO (H, Lq, Dv); lse (H, Lq) fp32 natural log
     DQ, DK, DV,  # gradients, contiguous (H, L, D) in the inputs' dtype
     Cls, Uniq, DBias,  # xi's class ids (Lq, Lk) int32, class -> table index (U,) int32, d table (H, T) fp32
     sqh, sqm, sqd, skh, skn, skd, svh, svn, svd,  # q, k, v strides (head, row, feature)
