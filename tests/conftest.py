@@ -22,7 +22,7 @@ if not torch.cuda.is_available():  # before anything imports triton (rald_fast.k
 import pytest  # noqa: E402
 
 from rald_fast import kernels  # noqa: E402
-from rald_fast.kernels.testing import seed_everything  # noqa: E402
+from rald_fast.kernels.testing import kernel_device, seed_everything  # noqa: E402
 
 COMPILED_MARK = "compiled_triton"
 
@@ -67,3 +67,13 @@ def interpret():
     conftest turns on for a session on a machine without CUDA."""
     if not kernels.interpret_mode():
         pytest.skip("CUDA session: Triton runs compiled, the CPU-interpreter tests do not apply")
+
+
+@pytest.fixture
+def device():
+    """Where the kernel tests run: CPU tensors under the interpreter (a session without CUDA), CUDA
+    tensors in a CUDA session, so `pytest -k kernel` on a GPU machine runs them on the GPU."""
+    dev = kernel_device()
+    if dev is None:
+        pytest.skip("no CUDA and no Triton interpreter in this session")
+    return dev

@@ -25,7 +25,6 @@ from rald_fast.kernels.testing import (
     assert_close,
     assert_within_ref_error,
     check_child_run,
-    kernel_device,
     run_pytest_in_mode,
 )
 
@@ -44,16 +43,6 @@ def test_compiled_triton_in_subprocess():
     """The `compiled_triton` tests (deselected in this interpreted session) in a compiled-mode child."""
     check_child_run(*run_pytest_in_mode("-m", "compiled_triton", "tests/test_kernels.py",
                                         "tests/test_kernels_compile.py", interpret=False))
-
-
-@pytest.fixture
-def device():
-    """Where the kernels run: CPU tensors under the interpreter (a session without CUDA), CUDA tensors
-    in a CUDA session, so `pytest -k kernel` on a GPU machine runs these tests on the GPU."""
-    dev = kernel_device()
-    if dev is None:
-        pytest.skip("no CUDA and no Triton interpreter in this session")
-    return dev
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import torch
 
 from rald_fast import kernels
 from rald_fast.kernels import _runtime, neighbour_targets, neighbour_targets_ref, neighbour_targets_triton
-from rald_fast.kernels.testing import assert_close, kernel_device
+from rald_fast.kernels.testing import assert_close
 
 INTERPRETED = kernels.interpret_mode()
 needs_triton = pytest.mark.skipif(not kernels.HAS_TRITON, reason="triton not installed")
@@ -22,14 +22,6 @@ needs_cuda = pytest.mark.skipif(not (torch.cuda.is_available() and kernels.HAS_T
                                 reason="needs CUDA + triton, compiled (not interpreted)")
 SCALE = 0.125
 TOL = dict(atol=1e-6, rtol=1e-5)
-
-
-@pytest.fixture
-def device():
-    dev = kernel_device()
-    if dev is None:
-        pytest.skip("no CUDA and no Triton interpreter in this session")
-    return dev
 
 
 def make(H, N, M, D, C=7, scale_q=1.0, device="cpu", dtype=torch.float32):

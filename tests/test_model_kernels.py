@@ -6,21 +6,12 @@ Kernel runs need Triton's interpreter on a CPU; as in test_kernels.py they run i
 CUDA session (the `device` fixture).
 """
 
-import pytest
 import torch
 
 from rald_fast.config import make_config
 from rald_fast.hierarchy import fg_emotions
-from rald_fast.kernels.testing import assert_close, kernel_device, seed_everything
+from rald_fast.kernels.testing import assert_close, seed_everything
 from rald_fast.models import build_model, rald_loss
-
-
-@pytest.fixture
-def device():
-    dev = kernel_device()
-    if dev is None:
-        pytest.skip("no CUDA and no Triton interpreter in this session")
-    return dev
 
 
 def tiny(variant="rald"):
