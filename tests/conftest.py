@@ -13,6 +13,9 @@ Nothing is skipped for being in the wrong mode.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 
@@ -77,3 +80,23 @@ def device():
     if dev is None:
         pytest.skip("no CUDA and no Triton interpreter in this session")
     return dev
+
+
+@pytest.fixture(scope="session")
+def exported_artifacts(tmp_path_factory):
+    """One tiny trained checkpoint and every artifact built from it by the documented command
+    (`export/build_trt.py --formats onnx,pt2,trt,ts`), shared by the export and deployment tests:
+    one training run, one ONNX export and one .pt2 compile per session."""
+    from rald_fast.config import make_config
+    from rald_fast.training import fit
+
+    tmp = tmp_path_factory.mktemp("export")
+    fit(make_config("tiny", "rald", out=str(tmp / "run"), epochs=1, synth_train_per_class=1,
+                    synth_test_per_class=1, batch_size=16))
+    ckpt = tmp / "run" / "last.pt"
+    root = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, str(root / "export" / "build_trt.py"), "--checkpoint", str(ckpt),
+           "--formats", "onnx,pt2,trt,ts", "--out", str(tmp / "out"), "--max-batch", "16", "--opt-batch", "4"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return {"ckpt": ckpt, "out": tmp / "out", "stdout": res.stdout}

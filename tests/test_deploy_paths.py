@@ -1,8 +1,8 @@
 """The card's other deployment paths (issue 15): a TorchScript `.ts` artifact (Python and C++), the ONNX
 file under OpenCV DNN (loaded in a subprocess, so a crash fails a test instead of killing pytest).
 
-One tiny checkpoint and one `--formats onnx,ts` build per module (no .pt2: its compile is slow and
-tests/test_export.py covers it)."""
+The tiny checkpoint and its artifacts come from one build per session, shared with
+tests/test_export.py (`exported_artifacts` in tests/conftest.py)."""
 
 import json
 import shutil
@@ -19,20 +19,10 @@ from rald_fast.engine import EngineError, Predictor
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    from rald_fast.config import make_config
-    from rald_fast.training import fit
-
-    tmp = tmp_path_factory.mktemp("deploy")
-    fit(make_config("tiny", "rald", out=str(tmp / "run"), epochs=1, synth_train_per_class=1,
-                    synth_test_per_class=1, batch_size=16))
-    ckpt = tmp / "run" / "last.pt"
-    cmd = [sys.executable, str(ROOT / "export" / "build_trt.py"), "--checkpoint", str(ckpt),
-           "--formats", "onnx,ts", "--out", str(tmp / "out"), "--max-batch", "16", "--opt-batch", "4"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-    assert res.returncode == 0, res.stdout + res.stderr
-    return {"ckpt": ckpt, "out": tmp / "out", "stdout": res.stdout}
+@pytest.fixture
+def built(exported_artifacts):
+    """The session's tiny checkpoint and its artifacts (tests/conftest.py)."""
+    return exported_artifacts
 
 
 def faces(n, seed=0):

@@ -11,28 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from rald_fast.config import make_config
 from rald_fast.engine import EngineError, Predictor
 from rald_fast.export import tensorrt as trt_export
 from rald_fast.export.artifacts import ArtifactError, read_sidecar, write_sidecar
-from rald_fast.training import fit
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """A tiny trained checkpoint and every artifact built from it by the documented command."""
-    tmp = tmp_path_factory.mktemp("export")
-    cfg = make_config("tiny", "rald", out=str(tmp / "run"), epochs=1, synth_train_per_class=1,
-                      synth_test_per_class=1, batch_size=16)
-    fit(cfg)
-    ckpt = tmp / "run" / "last.pt"
-    cmd = [sys.executable, str(ROOT / "export" / "build_trt.py"), "--checkpoint", str(ckpt),
-           "--formats", "onnx,pt2,trt", "--out", str(tmp / "out"), "--max-batch", "16", "--opt-batch", "4"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert res.returncode == 0, res.stdout + res.stderr
-    return {"ckpt": ckpt, "out": tmp / "out", "stdout": res.stdout}
+@pytest.fixture
+def exported(exported_artifacts):
+    """The session's tiny checkpoint and its artifacts (tests/conftest.py)."""
+    return exported_artifacts
 
 
 def faces(n, seed=0):
