@@ -23,9 +23,9 @@ setup(
         "tqdm>=4.66",
         "matplotlib>=3.8",   # confusion matrices and figures
         "scikit-learn>=1.3",  # t-SNE, silhouette and nearest neighbours (python -m rald_fast.experiments figures)
-        # face detection (rald_fast.faces): 4.x ships the Haar cascades, 5.0 dropped them
+        # face detection (rald_fast.predict.faces): 4.x ships the Haar cascades, 5.0 dropped them
         "opencv-python-headless>=4.8,<5",
-        # export and the engine (rald_fast.export, rald_fast.engine): ONNX files, their checker, the
+        # export and the engine (rald_fast.export, rald_fast.predict.predictor): ONNX files, their checker, the
         # dynamo-based exporter's graph builder, and the ONNX Runtime backend
         "onnx>=1.16",
         "onnxscript>=0.5",

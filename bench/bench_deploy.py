@@ -23,10 +23,10 @@ import pytest
 import torch
 
 from rald_fast.config import make_config
-from rald_fast.data.transforms import Preprocess
 from rald_fast.hierarchy import fg_emotions
 from rald_fast.models import build_model
 from rald_fast.models.folded import fold
+from rald_fast.preprocess import Preprocess
 
 SIZE = int(os.environ.get("RALD_BENCH_SIZE", "224"))
 BATCHES = (1, 32)

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import skimage.data as skdata
 
-from rald_fast.face_pipeline import FacePipeline
-from rald_fast.faces import HaarFaceDetector
+from rald_fast.predict.faces import HaarFaceDetector
+from rald_fast.predict.pipeline import FacePipeline
 
 IMAGE_SIZE = 48  # the quick preset's input side (README's runs)
 
@@ -23,8 +23,8 @@ IMAGE_SIZE = 48  # the quick preset's input side (README's runs)
 @pytest.fixture(scope="module")
 def predictor(tmp_path_factory, device):
     from rald_fast.config import make_config
-    from rald_fast.engine import Predictor
-    from rald_fast.training import fit
+    from rald_fast.predict.predictor import Predictor
+    from rald_fast.train.loop import fit
 
     out = tmp_path_factory.mktemp("bench_model")
     fit(make_config("tiny", "rald", out=str(out), epochs=1, synth_train_per_class=1,

@@ -13,10 +13,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from rald_fast.config import make_config
-from rald_fast.data.transforms import Preprocess
 from rald_fast.hierarchy import fg_emotions
 from rald_fast.models import build_model
 from rald_fast.models.folded import fold
+from rald_fast.preprocess import Preprocess
 
 
 def flops_per_image(variant: str, size: int, batch: int = 8) -> float:

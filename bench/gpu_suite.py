@@ -152,7 +152,7 @@ def folded_model(variant: str, image_size: int, device: torch.device) -> torch.n
     except ImportError as e:
         raise RuntimeError("rald_fast.models.folded.fold is missing: this checkout predates the "
                            f"folded inference module ({e})") from None
-    from rald_fast.data.transforms import Preprocess
+    from rald_fast.preprocess import Preprocess
 
     model, _ = build_rald(variant, image_size, device)
     model.eval()
@@ -296,10 +296,10 @@ def bench_training(suite: Suite, device: torch.device, cfg: dict, compiled: bool
 
 
 def _bench_train_step(rows, compiled, amp, device, cfg) -> None:
-    from rald_fast.data.transforms import Preprocess
+    from rald_fast.preprocess import Preprocess
     from rald_fast.models import rald_loss
-    from rald_fast.train_step import TrainForward, autocast_context
-    from rald_fast.training import build_optimizer
+    from rald_fast.train.step import TrainForward, autocast_context
+    from rald_fast.train.loop import build_optimizer
 
     s, b = cfg["image_size"], cfg["train_batch"]
     torch._dynamo.reset()

@@ -1,20 +1,14 @@
-"""Shared command-line plumbing: bad input becomes one clear message and a non-zero exit."""
+"""Shared command-line plumbing: bad input becomes one clear message and a non-zero exit, and the
+options several commands share are declared once."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
-from rald_fast.checkpoint import CheckpointError
-from rald_fast.data.dataset import DataError
-from rald_fast.hierarchy import TaxonomyError
-from rald_fast.models.backbone import BackboneWeightsError
-from rald_fast.semantics import MissingLabelVectorError
-from rald_fast.training import TrainingError
-
-# errors that describe bad input (the message names the file, line or option); anything else is a bug
-USER_ERRORS = (ValueError, FileNotFoundError, DataError, CheckpointError, TaxonomyError,
-               BackboneWeightsError, MissingLabelVectorError, TrainingError)
+from rald_fast.device import DEVICE_CHOICES_HELP
+from rald_fast.errors import USER_ERRORS
 
 
 def run_cli(main) -> int:
@@ -33,3 +27,17 @@ def run_cli(main) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def add_device_option(p: argparse.ArgumentParser, what: str = "where the model runs") -> None:
+    p.add_argument("--device", default="auto", metavar="DEVICE",
+                   help=f"{what}: {DEVICE_CHOICES_HELP} (default auto)")
+
+
+def add_checkpoint_option(p: argparse.ArgumentParser, help: str = "a training checkpoint (last.pt)") -> None:
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help=help)
+
+
+def add_data_root_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", metavar="DIR",
+                   help="dataset directory (default: the one the checkpoint was trained on)")

@@ -150,6 +150,7 @@ SCHEDULES: dict[str, dict[str, Any]] = {
 AMP_MODES = ("none", "bf16", "fp16")  # --amp: autocast dtype of the training step
 XI_READINGS = ("spd", "literal")      # --xi-reading, eq. (9)
 NNLDL_RELATIONS = ("attention", "symmetric", "cosine-f", "cosine-ftilde")  # --nnldl-relation
+ITRR_MODES = ("batch", "bank", "self")  # ITRR context at inference (RALD.forward_head, --itrr-mode)
 
 # Table 3 of the paper: which modules are on. (a) is the bare ResNet18.
 VARIANTS: dict[str, dict[str, bool]] = {

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rald_fast.errors import TaxonomyError
+
 SIGMA = 500  # xi value for unreachable pairs (SPEC 3.2); the bias table has SIGMA + 1 entries
 
 # valence -> coarse -> fine, in the order of the paper's Table 1 (SPEC 1)
@@ -39,10 +41,6 @@ FG_EMOTIONS = {
 BASIC7 = ["surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral"]
 # AffectNet expression codes 0-7
 AFFECTNET8 = ["neutral", "happiness", "sadness", "surprise", "fear", "disgust", "anger", "contempt"]
-
-
-class TaxonomyError(ValueError):
-    """A taxonomy file or label that does not fit the taxonomy."""
 
 
 @dataclass(frozen=True)

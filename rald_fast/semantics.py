@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rald_fast.errors import MissingLabelVectorError
+
 RESOURCES = Path(__file__).resolve().parent / "resources"
 BUNDLED: dict[str, Path] = {"glove50": RESOURCES / "label_vectors_glove50.txt",
                             "spacy300": RESOURCES / "label_vectors.txt"}
@@ -35,13 +37,6 @@ BUNDLED_VECTORS: Path = BUNDLED[DEFAULT_VECTORS]
 CHOICES_HELP = f"{', '.join(BUNDLED)} (bundled tables), {ONEHOT} (no vectors), or a word-vectors file"
 
 _SPLIT = re.compile(r"[\s_\-]+")
-
-
-class MissingLabelVectorError(KeyError):
-    """A label (or one of its words) has no vector in the word-vector file."""
-
-    def __str__(self) -> str:  # KeyError would print the repr of the message
-        return str(self.args[0]) if self.args else ""
 
 
 def _has_word2vec_header(path: Path) -> bool:

@@ -88,7 +88,7 @@ def exported_artifacts(tmp_path_factory):
     (`export/build_trt.py --formats onnx,pt2,trt,ts`), shared by the export and deployment tests:
     one training run, one ONNX export and one .pt2 compile per session."""
     from rald_fast.config import make_config
-    from rald_fast.training import fit
+    from rald_fast.train.loop import fit
 
     tmp = tmp_path_factory.mktemp("export")
     fit(make_config("tiny", "rald", out=str(tmp / "run"), epochs=1, synth_train_per_class=1,

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rald_fast.engine import EngineError, Predictor
+from rald_fast.predict.predictor import EngineError, Predictor
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -18,11 +18,12 @@ import torch.multiprocessing as mp
 from rald_fast.checkpoint import load_checkpoint
 from rald_fast.config import make_config
 from rald_fast.data.dataset import Split
-from rald_fast.data.transforms import Preprocess
-from rald_fast.distributed import SINGLE, DistInfo, init_from_env, local_rows, shutdown, slice_sizes, sync_batchnorm
+from rald_fast.preprocess import Preprocess
+from rald_fast.train.distributed import (SINGLE, DistInfo, init_from_env, local_rows, shutdown, slice_sizes,
+                                         sync_batchnorm)
 from rald_fast.hierarchy import load_taxonomy
-from rald_fast.models import NeighbourBank, build_model
-from rald_fast.training import build_forward, build_optimizer, train_one_epoch
+from rald_fast.models import NeighbourMemory, build_model
+from rald_fast.train.loop import build_forward, build_optimizer, train_one_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 # (name, overrides): dropout stays on in the first (every process draws the same masks), the
@@ -52,7 +53,7 @@ def run_steps(info, overrides: dict) -> dict:
     gen = torch.Generator().manual_seed(1)
     split = Split(torch.randint(0, 256, (N_IMAGES, 3, 32, 32), dtype=torch.uint8, generator=gen),
                   torch.randint(0, 33, (N_IMAGES,), generator=gen), [f"{i}.png" for i in range(N_IMAGES)])
-    bank = NeighbourBank(cfg.loss.nnldl_bank) if cfg.loss.nnldl_bank else None
+    bank = NeighbourMemory(cfg.loss.nnldl_bank) if cfg.loss.nnldl_bank else None
     metrics = train_one_epoch(model, split, Preprocess(32), optimizer, cfg, 0, torch.device("cpu"), bank,
                               forward, info)
     return {"metrics": metrics, "grads": {n: p.grad.clone() for n, p in model.named_parameters()},

@@ -62,12 +62,12 @@ def test_ablation_rows_follow_table3():
 
 
 def test_finished_runs_are_not_trained_again(exp, monkeypatch):
-    import rald_fast.training
+    import rald_fast.train.loop
 
     def no_training(*a, **k):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(rald_fast.training, "fit", no_training)
+    monkeypatch.setattr(rald_fast.train.loop, "fit", no_training)
     before = (exp / "ablation.csv").read_text()
     assert main(["ablation", "--out", str(exp), *TINY, "--variants", "a", "rald",
                  "--seeds", "2"]) == 0

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from rald_fast.engine import EngineError, Predictor
 from rald_fast.export import tensorrt as trt_export
 from rald_fast.export.artifacts import ArtifactError, read_sidecar, write_sidecar
+from rald_fast.predict.predictor import EngineError, Predictor
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,12 +9,12 @@ import torch
 
 from rald_fast.checkpoint import load_checkpoint
 from rald_fast.config import make_config
-from rald_fast.data.transforms import Preprocess
+from rald_fast.evaluate.reference_bank import stratified_indices
 from rald_fast.hierarchy import fg_emotions, load_taxonomy
 from rald_fast.models import build_model, load_model
 from rald_fast.models.folded import fold
-from rald_fast.models.reference_bank import stratified_indices
-from rald_fast.training import fit
+from rald_fast.preprocess import Preprocess
+from rald_fast.train.loop import fit
 
 TAX = fg_emotions()
 PRE = Preprocess(32)
@@ -111,7 +111,7 @@ def test_training_stores_a_bank_and_reports_every_itrr_mode(tmp_path):
     assert ckpt["itrr_bank"]["features"].shape == (15, 512)  # batch size - 1
     assert set(summary["test_acc_by_itrr_mode"]) == {"batch", "bank", "self"}
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["reference_bank"] == 15
-    model, *_ = load_model(tmp_path / "run" / "last.pt")
+    model = load_model(tmp_path / "run" / "last.pt").model
     assert model.itrr_bank.shape == (15, 512)
 
     # a bank of another size from the command line, written atomically beside the original

@@ -81,9 +81,9 @@ def test_single_image_has_no_neighbour():
 
 
 def test_bank_is_fifo_newest_first_and_capped():
-    from rald_fast.models import NeighbourBank
+    from rald_fast.models import NeighbourMemory
 
-    bank = NeighbourBank(3)
+    bank = NeighbourMemory(3)
     bank.push(torch.zeros(2, 2, 4), torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
     bank.push(torch.ones(2, 2, 4), torch.tensor([[0.5, 0.5], [0.2, 0.8]]))
     assert len(bank) == 3 and bank.keys.shape == (2, 3, 4)
@@ -92,9 +92,9 @@ def test_bank_is_fifo_newest_first_and_capped():
 
 
 def test_bank_supplies_neighbours_to_a_single_image():
-    from rald_fast.models import NeighbourBank
+    from rald_fast.models import NeighbourMemory
 
-    bank = NeighbourBank(4)
+    bank = NeighbourMemory(4)
     # bank keys e0, e1; the query relates more to e1
     bank.push(torch.eye(2).unsqueeze(0), torch.tensor([[0.9, 0.1], [0.3, 0.7]]))
     q, k = torch.tensor([[[0.0, 2.0]]]), torch.tensor([[[5.0, 5.0]]])  # own key: self, excluded

@@ -5,8 +5,8 @@ import torch
 
 from rald_fast.config import VARIANTS, make_config
 from rald_fast.hierarchy import fg_emotions, load_taxonomy
-from rald_fast.models import build_model, rald_loss
 from rald_fast.kernels.testing import assert_close
+from rald_fast.models import build_model, rald_loss
 
 TAX = fg_emotions()
 

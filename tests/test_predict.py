@@ -21,8 +21,8 @@ import pytest
 import skimage.data as skdata
 
 from rald_fast.cli import run_cli
-from rald_fast.faces import Box, HaarFaceDetector, crop_face, draw_faces, predict_faces
-from rald_fast.predict import main
+from rald_fast.predict.command import main
+from rald_fast.predict.faces import Box, HaarFaceDetector, crop_face, draw_faces, predict_faces
 
 ASTRONAUT_FACE = (176, 66, 95, 95)  # (x, y, w, h) of the one face, as OpenCV's cascade finds it
 
@@ -30,7 +30,7 @@ ASTRONAUT_FACE = (176, 66, 95, 95)  # (x, y, w, h) of the one face, as OpenCV's 
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory) -> Path:
     from rald_fast.config import make_config
-    from rald_fast.training import fit
+    from rald_fast.train.loop import fit
 
     out = tmp_path_factory.mktemp("tiny_model")
     fit(make_config("tiny", "rald", out=str(out), epochs=1, synth_train_per_class=1,
@@ -41,7 +41,7 @@ def checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def predictor(checkpoint):
-    from rald_fast.engine import Predictor
+    from rald_fast.predict.predictor import Predictor
 
     return Predictor.load(checkpoint, device="cpu")
 

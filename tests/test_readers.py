@@ -19,7 +19,7 @@ from rald_fast.data.dataset import (DataError, SplitList, class_balanced_weights
                                     load_split, report_duplicates)
 from rald_fast.data.readers import default_taxonomy, read_fgemotions, read_rafdb, read_split
 from rald_fast.hierarchy import BASIC7, fg_emotions, load_taxonomy
-from rald_fast.training import build_data, fit
+from rald_fast.train.loop import build_data, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 BASIC = load_taxonomy("basic7")

@@ -13,8 +13,8 @@ from rald_fast.checkpoint import load_checkpoint
 from rald_fast.config import make_config
 from rald_fast.hierarchy import load_taxonomy
 from rald_fast.models import build_model, rald_loss
-from rald_fast.train_step import TrainForward, autocast_context, check_amp
-from rald_fast.training import fit
+from rald_fast.train.loop import fit
+from rald_fast.train.step import TrainForward, autocast_context, check_amp
 
 TINY = dict(synth_train_per_class=1, synth_test_per_class=1, batch_size=16, eval_batch_size=16,
             image_size=32, progress=False, reference_bank=0)

@@ -8,7 +8,7 @@ import torch
 from rald_fast.checkpoint import CheckpointError, atomic_write, load_checkpoint
 from rald_fast.config import make_config
 from rald_fast.data.dataset import DataError
-from rald_fast.training import TrainingError, fit
+from rald_fast.train.loop import TrainingError, fit
 
 TINY = dict(synth_train_per_class=1, synth_test_per_class=1, batch_size=16, eval_batch_size=16,
             image_size=32, progress=False)

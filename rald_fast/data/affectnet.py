@@ -26,6 +26,7 @@ import numpy as np
 
 from rald_fast.data.dataset import DataError, SplitList
 from rald_fast.hierarchy import AFFECTNET8, Taxonomy
+from rald_fast.preprocess import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,6 @@ CSV_SPLITS = {"train": "training", "test": "validation"}
 NPY_SPLITS = {"train": "train_set", "test": "val_set"}
 IMAGE_DIRS = ("Manually_Annotated_Images", "Manually_Annotated/Manually_Annotated_Images",
               "Manually_Annotated", ".")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def code_to_index(code: int, classes: int, taxonomy: Taxonomy, where: str) -> int | None:

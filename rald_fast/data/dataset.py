@@ -6,7 +6,7 @@ same pixels whatever the source: PIL decode, optional face-box crop (AffectNet's
 conversion to RGB (grayscale, palette and RGBA images included), resize to the model's input size,
 uint8 tensor.
 
-Data hygiene (issue 3): a label outside the taxonomy stops the run naming file and line; an empty
+Data hygiene: a label outside the taxonomy stops the run naming file and line; an empty
 split is an error; an image that cannot be decoded is reported with its path and reason and either
 stops the run or is skipped and counted (`--on-bad-image`); file names found in both splits are
 reported.
@@ -23,18 +23,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
+from rald_fast.errors import DataError
 from rald_fast.hierarchy import Taxonomy
+from rald_fast.preprocess import Box, open_rgb, resize_square
 
 log = logging.getLogger(__name__)
 
-Box = tuple[float, float, float, float]  # face box (x0, y0, x1, y1) in pixels of the stored image
 BAD_IMAGE_POLICIES = ("skip", "fail")
-
-
-class DataError(ValueError):
-    """A dataset file or image that cannot be used."""
 
 
 @dataclass
@@ -98,32 +94,9 @@ def read_label_file(csv_path: Path, taxonomy: Taxonomy) -> tuple[list[Path], lis
 
 
 def decode_image(path: Path, size: int, box: Box | None = None) -> np.ndarray:
-    """(3, size, size) uint8 RGB, cropped to `box` first if given; DataError names the file."""
-    try:
-        with Image.open(path) as im:
-            if box is not None:
-                im = im.crop(_clamp_box(box, im.size, path))
-            im = im.convert("RGB")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
-            return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
-    except FileNotFoundError:
-        raise DataError(f"{path}: image file not found") from None
-    except DataError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path}: cannot decode image ({e})") from None
-
-
-def _clamp_box(box: Box, size: tuple[int, int], path: Path) -> tuple[int, int, int, int]:
-    """Integer box inside the image; a box with (almost) nothing inside it is an error."""
-    w, h = size
-    x0, y0 = max(0, int(np.floor(box[0]))), max(0, int(np.floor(box[1])))
-    x1, y1 = min(w, int(np.ceil(box[2]))), min(h, int(np.ceil(box[3])))
-    if x1 - x0 < 2 or y1 - y0 < 2:
-        raise DataError(f"{path}: face box {tuple(round(float(v), 1) for v in box)} lies outside "
-                        f"the {w}x{h} image")
-    return x0, y0, x1, y1
+    """(3, size, size) uint8 RGB through the one preprocessing path (`rald_fast.preprocess`):
+    decode, upright, crop to `box` if given, RGB, resize. DataError names the file."""
+    return resize_square(open_rgb(path, box), size).transpose(2, 0, 1)
 
 
 def load_split(source: str | Path | SplitList, taxonomy: Taxonomy, image_size: int,

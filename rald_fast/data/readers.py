@@ -27,10 +27,10 @@ from rald_fast.config import DataConfig
 from rald_fast.data.affectnet import read_affectnet
 from rald_fast.data.dataset import DataError, SplitList, parse_label
 from rald_fast.hierarchy import BASIC7, Taxonomy, flat, load_taxonomy
+from rald_fast.preprocess import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 READERS = ("rafdb", "affectnet", "fgemotions", "folder")
 # split names tried when --train-split / --test-split are auto (AffectNet: see affectnet.py)
 DEFAULT_SPLITS = {"train": ("train",), "test": ("test", "val", "validation")}

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .faces import EXPR_PARAMS, N_PARAMS, render, sample_look
+from .drawn_faces import EXPR_PARAMS, N_PARAMS, render, sample_look
 
 GENERATOR_VERSION = "3"  # bump whenever drawing or sampling changes (invalidates caches)
 SPLITS = {"train": 0, "test": 1}

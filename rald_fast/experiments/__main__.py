@@ -26,8 +26,8 @@ import logging
 import sys
 from pathlib import Path
 
-from rald_fast.cli import run_cli
-from rald_fast.models.rald import ITRR_MODES
+from rald_fast.cli import add_device_option, run_cli
+from rald_fast.config import ITRR_MODES
 from rald_fast.experiments.common import add_budget_arguments, experiment_dir
 from rald_fast.experiments.study import NOISE, RELATIONS
 
@@ -71,14 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--image-size", type=int, nargs="+", default=[32], metavar="PX")
     f.add_argument("--warmup", type=int, default=3, help="untimed batches first (default 3)")
     f.add_argument("--iters", type=int, default=10, help="timed batches (default 10)")
-    f.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_device_option(f)
     f.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     f.add_argument("--out", default="runs/experiments")
     c = sub.add_parser("compare", help="Table 1: per-class accuracy of several checkpoints")
     c.add_argument("checkpoints", nargs="+", metavar="CKPT")
     c.add_argument("--names", nargs="+", help="column names (default: the run directory names)")
     c.add_argument("--batch-size", type=int, help="test batch size (default: each run's)")
-    c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_device_option(c)
     c.add_argument("--out", default="runs/experiments")
     g = sub.add_parser("figures", help="t-SNE, top-5 neighbours, confusion, training curves")
     g.add_argument("--baseline", required=True, metavar="CKPT", help="e.g. a variant (a) run")
@@ -86,14 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--queries", type=int, default=4, help="test images in Fig. 8 (default 4)")
     g.add_argument("--batch-size", type=int, default=64, help="test batch (ITRR neighbours)")
     g.add_argument("--tsne-images", type=int, default=2500, help="at most this many (default 2500)")
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_device_option(g)
     g.add_argument("--out", default="runs/experiments/figures")
     m = sub.add_parser("modes", help="ITRR inference modes x test batch sizes")
     m.add_argument("checkpoint", metavar="CKPT")
     m.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 128], metavar="N")
     m.add_argument("--itrr-modes", nargs="+", default=list(ITRR_MODES),
                    choices=ITRR_MODES, metavar="MODE")
-    m.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_device_option(m)
     m.add_argument("--out", default="runs/experiments")
     return p
 

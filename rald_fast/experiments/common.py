@@ -85,7 +85,7 @@ def run_or_load(cfg: Config) -> dict:
     if (out / "summary.json").exists():
         log.info("done already: %s", out)
         return json.loads((out / "summary.json").read_text())
-    from rald_fast.training import fit
+    from rald_fast.train.loop import fit
 
     resume = str(out / "last.pt") if (out / "last.pt").exists() else None
     log.info("%s %s", "resuming" if resume else "training", out)

@@ -2,55 +2,26 @@
 
 `python -m rald_fast.experiments compare CKPT... --out DIR` evaluates every checkpoint on its own test
 split (all must share one taxonomy) and writes DIR/compare.{md,csv,json} in `reports.table1_*`'s layout
-plus one confusion matrix per model (confusion_<name>.png). `load_eval` is shared with `modes` and
-`figures`.
+plus one confusion matrix per model (confusion_<name>.png). Every checkpoint is loaded by
+`rald_fast.evaluate.load_run`, as in `modes`, `figures` and `study`.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
 from pathlib import Path
 
+from rald_fast.evaluate.run import Run, load_run
 from rald_fast.experiments.common import write_json
 
 
-@dataclass
-class Loaded:
-    """A checkpoint ready to evaluate: model (eval mode), its config, taxonomy, preprocessing, test
-    split, and the device it is on."""
-    name: str
-    model: object
-    cfg: object
-    taxonomy: object
-    preprocess: object
-    split: object
-    device: object
-
-
-def load_eval(checkpoint: str, device_name: str = "auto", name: str | None = None) -> Loaded:
-    from rald_fast.data.dataset import load_split
-    from rald_fast.data.readers import split_source
-    from rald_fast.models import load_model
-    from rald_fast.training import dataset_root, resolve_device
-
-    device = resolve_device(device_name)
-    model, cfg, taxonomy, preprocess = load_model(checkpoint, device)
-    root = dataset_root(cfg, taxonomy)
-    split = load_split(split_source(cfg.data, taxonomy, "test", root), taxonomy,
-                       preprocess.image_size)
-    return Loaded(name or Path(checkpoint).parent.name or "model", model, cfg, taxonomy, preprocess,
-                  split, device)
-
-
-def evaluate_loaded(m: Loaded, batch_size: int | None = None, itrr_mode: str = "batch") -> dict:
+def evaluate_loaded(m: Run, batch_size: int | None = None, itrr_mode: str = "batch") -> dict:
     """compute_metrics() of one checkpoint on its test split, plus images/s and the batch size."""
-    from rald_fast.evaluation import compute_metrics, predict_split
+    from rald_fast.evaluate.metrics import compute_metrics, predict_split
 
     batch = batch_size or m.cfg.run.eval_batch_size
-    pred = predict_split(m.model, m.split, m.preprocess, batch, m.device, m.cfg.run.seed,
-                         itrr_mode, getattr(m.model, "itrr_bank", None))
+    pred = predict_split(m.model, m.split, m.preprocess, batch, m.device, m.cfg.run.seed, itrr_mode)
     metrics = compute_metrics(pred["probs"], pred["labels"], m.taxonomy)
     metrics.update(images_per_s=pred["images_per_s"], batch_size=batch, itrr_mode=itrr_mode)
     return metrics
@@ -65,14 +36,14 @@ def read_table1_csv(text: str) -> dict[str, dict[tuple[str, str], float]]:
 
 def run_compare(checkpoints: list[str], names: list[str] | None, batch_size: int | None,
                 device: str, out: Path) -> str:
-    from rald_fast.reports import plot_confusion, table1_csv, table1_markdown
+    from rald_fast.evaluate.reports import plot_confusion, table1_csv, table1_markdown
 
     if names and len(names) != len(checkpoints):
         raise ValueError(f"--names: {len(names)} names for {len(checkpoints)} checkpoints")
     metrics: dict[str, dict] = {}
     taxonomy = None
     for i, path in enumerate(checkpoints):
-        m = load_eval(path, device, names[i] if names else None)
+        m = load_run(path, device, name=names[i] if names else None)
         if taxonomy is not None and list(m.taxonomy.fine) != list(taxonomy.fine):
             raise ValueError(f"{path}: taxonomy {m.taxonomy.name!r} differs from the first "
                              f"checkpoint's {taxonomy.name!r}; Table 1 needs one label set")

@@ -22,15 +22,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rald_fast.evaluate.run import Run, load_run
 from rald_fast.experiments.common import pyplot, write_json
-from rald_fast.experiments.compare import Loaded, evaluate_loaded, load_eval
+from rald_fast.experiments.compare import evaluate_loaded
 
 log = logging.getLogger(__name__)
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
 
 
-def _features(m: Loaded, batch: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
-    from rald_fast.evaluation import predict_split
+def _features(m: Run, batch: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    from rald_fast.evaluate.metrics import predict_split
 
     pred = predict_split(m.model, m.split, m.preprocess, batch, m.device, m.cfg.run.seed)
     keep = np.random.default_rng(0).permutation(len(pred["labels"]))[:limit]
@@ -54,7 +55,7 @@ def coarse_clustering(feats: np.ndarray, coarse: np.ndarray, k: int = 10) -> dic
     return {"knn_coarse_agreement": agree, "coarse_silhouette": sil, "k": k, "n": len(feats)}
 
 
-def plot_tsne(models: list[Loaded], batch: int, limit: int, path: Path) -> dict:
+def plot_tsne(models: list[Run], batch: int, limit: int, path: Path) -> dict:
     from sklearn.manifold import TSNE
 
     plt = pyplot()
@@ -99,7 +100,7 @@ def plot_tsne(models: list[Loaded], batch: int, limit: int, path: Path) -> dict:
 
 
 @torch.no_grad()
-def plot_neighbours(m: Loaded, batch: int, queries: int, path: Path) -> list[dict]:
+def plot_neighbours(m: Run, batch: int, queries: int, path: Path) -> list[dict]:
     """Fig. 8 for the first `queries` images of one seeded test batch, ranked and weighted by the
     run's own NNLDL relation (`--nnldl-relation`)."""
     from rald_fast.kernels import neighbour_targets
@@ -147,7 +148,7 @@ def plot_neighbours(m: Loaded, batch: int, queries: int, path: Path) -> list[dic
     return rows
 
 
-def plot_curves(models: list[Loaded], checkpoints: list[str], path: Path) -> None:
+def plot_curves(models: list[Run], checkpoints: list[str], path: Path) -> None:
     """Loss, accuracy and, for runs with ITRR, what NNLDL did per epoch: the share of each training
     image's top-k neighbours with its fine label (dotted: chance) and ITRR's attention entropy."""
     plt = pyplot()
@@ -187,10 +188,10 @@ def plot_curves(models: list[Loaded], checkpoints: list[str], path: Path) -> Non
 
 
 def make_figures(args, out: Path) -> list[Path]:
-    from rald_fast.reports import plot_confusion
+    from rald_fast.evaluate.reports import plot_confusion
 
     ckpts = [args.baseline, args.rald]
-    models = [load_eval(c, args.device, n) for c, n in zip(ckpts, ("baseline", "rald"))]
+    models = [load_run(c, args.device, name=n) for c, n in zip(ckpts, ("baseline", "rald"))]
     if list(models[0].taxonomy.fine) != list(models[1].taxonomy.fine):
         raise ValueError("--baseline and --rald were trained on different taxonomies")
     written = [out / "tsne.png", out / "neighbours.png", out / "curves.png"]

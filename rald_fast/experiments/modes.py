@@ -2,7 +2,7 @@
 
 In the paper's `batch` mode an image attends to the other images of its test batch, so its prediction
 depends on them and on the batch size; `bank` (attend to a reference bank of training features stored
-in the checkpoint, plus itself) and `self` (itself only) do not (rald_fast/models/reference_bank.py).
+in the checkpoint, plus itself) and `self` (itself only) do not (rald_fast/evaluate/reference_bank.py).
 `python -m rald_fast.experiments modes CKPT --out DIR` writes DIR/modes.{md,csv,json}.
 """
 
@@ -17,14 +17,14 @@ from rald_fast.experiments.common import write_json
 
 def run_modes(checkpoint: str, batch_sizes: list[int], modes: list[str], device: str,
               out: Path) -> str:
-    from rald_fast.experiments.compare import evaluate_loaded, load_eval
+    from rald_fast.evaluate.run import load_run
+    from rald_fast.experiments.compare import evaluate_loaded
 
     if any(b < 1 for b in batch_sizes):
         raise ValueError(f"--batch-sizes must be >= 1, got {batch_sizes}")
-    m = load_eval(checkpoint, device)
-    if "bank" in modes and m.model.itrr is not None and getattr(m.model, "itrr_bank", None) is None:
-        raise ValueError(f"{checkpoint} holds no ITRR reference bank; build one with "
-                         f"`python -m rald_fast.bank --checkpoint {checkpoint}`")
+    m = load_run(checkpoint, device)
+    if "bank" in modes and m.model.itrr is not None:
+        m.model.reference_bank()  # the one check, before any work
     rows = []
     for mode in modes:
         for b in batch_sizes:
@@ -32,7 +32,7 @@ def run_modes(checkpoint: str, batch_sizes: list[int], modes: list[str], device:
             rows.append({"itrr_mode": mode, "batch_size": b, "accuracy": r["accuracy"],
                          "coarse_accuracy": r.get("coarse_accuracy"),
                          "images_per_s": r["images_per_s"]})
-    bank = getattr(m.model, "itrr_bank", None)
+    bank = m.model.reference_bank() if m.model.has_reference_bank else None
     meta = {"checkpoint": str(checkpoint), "variant": m.cfg.variant, "test_images": len(m.split),
             "reference_bank": None if bank is None else len(bank)}
     text = modes_markdown(rows, batch_sizes, modes)

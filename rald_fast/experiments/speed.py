@@ -1,7 +1,7 @@
 """Table 1's speed row: images per second of the bare ResNet18 and of RALD, same batch, same device.
 
 The paper times inference on an RTX A4000 (ResNet18 1,942 FPS, RALD 1,291 FPS, 224 px). Here both
-models run the inference path of `evaluation.predict_split` (backbone, then ITRR / LGIFO with the
+models run the inference path of `rald_fast.evaluate.metrics.predict_split` (backbone, then ITRR / LGIFO with the
 constant label tokens computed once) on one random batch, after `--warmup` untimed batches; the
 median of `--iters` timed batches gives images/s. The models take turns batch by batch: their ratio
 is the number to read on a shared machine (the paper's: 1,291 / 1,942 = 0.66). With `--checkpoints`
@@ -31,7 +31,8 @@ def _models(checkpoints: list[str], device: torch.device):
 
     if checkpoints:
         for path in checkpoints:
-            model, cfg, _, _ = load_model(path, device)
+            loaded = load_model(path, device)
+            model, cfg = loaded.model, loaded.cfg
             yield Path(path).parent.name, cfg.variant, model
         return
     taxonomy = load_taxonomy("fg-emotions")
@@ -69,7 +70,7 @@ def time_models(models: list, batch: int, size: int, device: torch.device, warmu
 
 
 def run_fps(args) -> list[dict]:
-    from rald_fast.training import resolve_device
+    from rald_fast.train.loop import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)

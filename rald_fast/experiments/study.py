@@ -189,15 +189,15 @@ def relation_purity(cell: Cell) -> list[dict]:
     run's test batches) had the neighbours been ranked by each relation. Mean over the seeds."""
     import dataclasses
 
-    from rald_fast.evaluation import predict_split
-    from rald_fast.experiments.compare import load_eval
+    from rald_fast.evaluate.metrics import predict_split
+    from rald_fast.evaluate.run import load_run
 
     found: dict[str, list[dict]] = {r: [] for r in ALL_RELATIONS}
     for run_dir in cell.dirs:
         ckpt = Path(run_dir) / "last.pt"
         if not ckpt.exists():
             continue
-        m = load_eval(str(ckpt), "cpu")
+        m = load_run(ckpt, "cpu")
         for relation in ALL_RELATIONS:
             loss = dataclasses.replace(m.cfg.loss, nnldl_relation=relation)
             pred = predict_split(m.model, m.split, m.preprocess, m.cfg.run.eval_batch_size, m.device,

@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING
 
 import rald_fast
 
+from rald_fast.errors import ArtifactError
+
 if TYPE_CHECKING:  # torch-free at import: the pycuda engine runner reads sidecars without torch
-    from rald_fast.data.transforms import Preprocess
+    from rald_fast.preprocess import Preprocess
     from rald_fast.hierarchy import Taxonomy
 
 ARTIFACT_FORMAT = "rald_fast-artifact"
@@ -28,12 +30,10 @@ METADATA_KEY = "rald_fast"
 INPUT_NAME, OUTPUT_NAMES = "images", ("logits", "probs")
 
 
-class ArtifactError(ValueError):
-    """An artifact that is not a rald_fast model this version can run, or that cannot be made."""
-
-
 def build_metadata(cfg, taxonomy: Taxonomy, preprocess: Preprocess, itrr_mode: str,
-                   checkpoint: str, precision: str = "fp32") -> dict:
+                   checkpoint: str, precision: str = "fp32", trained_on: dict | None = None) -> dict:
+    """The metadata of an artifact; `trained_on` is the checkpoint's provenance (synthetic or the
+    dataset and its size), repeated so that every consumer can tell a synthetic-only model."""
     s = preprocess.image_size
     return {
         "format": ARTIFACT_FORMAT, "version": ARTIFACT_VERSION, "rald_fast": rald_fast.__version__,
@@ -43,6 +43,7 @@ def build_metadata(cfg, taxonomy: Taxonomy, preprocess: Preprocess, itrr_mode: s
         "outputs": {"logits": ["batch", taxonomy.num_fine], "probs": ["batch", taxonomy.num_fine]},
         "preprocess": preprocess.to_dict(), "taxonomy": taxonomy.to_dict(), "itrr_mode": itrr_mode,
         "precision": precision, "variant": cfg.variant, "checkpoint": str(checkpoint),
+        "trained_on": trained_on or {},
     }
 
 

@@ -31,10 +31,12 @@ from pathlib import Path
 
 import torch
 
+from rald_fast.cli import add_device_option
+from rald_fast.device import resolve_device
 from rald_fast.export import tensorrt as trt_export
 from rald_fast.export.artifacts import OUTPUT_NAMES, ArtifactError, build_metadata, write_sidecar
-from rald_fast.export.opencv import run_opencv
 from rald_fast.export.formats import at_precision, compare, export_onnx, export_pt2
+from rald_fast.export.opencv import run_opencv
 from rald_fast.export.torchscript import export_torchscript, load_torchscript
 
 log = logging.getLogger(__name__)
@@ -56,8 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "batch (the paper's; predictions then depend on batch-mates)")
     p.add_argument("--out", help="output directory (default: <checkpoint dir>/export)")
     p.add_argument("--name", default="rald", help="file stem of the artifacts (default rald)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="device the .pt2 is compiled for and the .ts traced on (default: cuda when available)")
+    add_device_option(p, "device the .pt2 is compiled for and the .ts traced on")
     p.add_argument("--opt-batch", type=int, default=32, help="typical batch: TensorRT's opt shape (default 32)")
     p.add_argument("--max-batch", type=int, default=256, help="largest batch the artifacts accept (default 256)")
     return p
@@ -106,11 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     formats = parse_formats(args.formats)
     if not 1 <= args.opt_batch <= args.max_batch:
         raise ArtifactError(f"--opt-batch {args.opt_batch} must lie in 1..--max-batch {args.max_batch}")
-    model, cfg, taxonomy, preprocess = load_model(args.checkpoint)
+    loaded = load_model(args.checkpoint)
+    model, cfg, taxonomy, preprocess = loaded.model, loaded.cfg, loaded.taxonomy, loaded.preprocess
     folded = fold(model, preprocess, args.itrr_mode).eval()
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "export"
     out.mkdir(parents=True, exist_ok=True)
-    meta = build_metadata(cfg, taxonomy, preprocess, folded.itrr_mode, args.checkpoint)
+    meta = build_metadata(cfg, taxonomy, preprocess, folded.itrr_mode, args.checkpoint, trained_on=loaded.provenance)
     meta["max_batch"] = args.max_batch
     s = preprocess.image_size
     gen = torch.Generator().manual_seed(0)
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     batches = {n: torch.randint(0, 256, (n, 3, s, s), generator=gen).float() for n in sizes}
     with torch.no_grad():
         reference = {n: folded(x) for n, x in batches.items()}
-    device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+    device = resolve_device(args.device).type
     rows, notes = [], []
     t0 = time.perf_counter()
     if "onnx" in formats or "trt" in formats:

@@ -2,6 +2,8 @@
 
 - `attention`: multi-head attention with the optional hierarchy bias b[h, xi[i, j]] (SPEC 3, eq. 4-5,
   8-10, 14-15); Triton kernels (attention_triton.py) on CUDA, plain PyTorch elsewhere.
+- `attention_fixed_context`: each query over a fixed key set plus its own key (ITRR's `bank` and
+  `self` inference modes); plain PyTorch everywhere (inference only, export-safe).
 - `neighbour_targets`: NNLDL's top-k neighbour label distributions (SPEC 4, eq. 18); a streaming
   two-pass Triton kernel (topk_triton.py) on CUDA, plain PyTorch elsewhere.
 
@@ -22,11 +24,12 @@ import torch
 from torch import Tensor
 
 from ._runtime import HAS_TRITON, MAX_TOPK, check_launchable, interpret_mode
-from .attention import attention_op, attention_ref
+from .attention import attention_op, attention_ref, fixed_context_attention_ref
 from .topk import clamp_topk, neighbour_targets_ref, neighbour_targets_triton
 
 __all__ = [
-    "BACKENDS", "HAS_TRITON", "MAX_TOPK", "attention", "attention_op", "attention_ref", "default_backend",
+    "BACKENDS", "HAS_TRITON", "MAX_TOPK", "attention", "attention_fixed_context", "attention_op", "attention_ref",
+    "default_backend", "fixed_context_attention_ref",
     "interpret_mode", "neighbour_targets", "neighbour_targets_ref", "neighbour_targets_triton",
     "resolve_backend",
 ]
@@ -112,6 +115,20 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, bias_table: Optiona
     if resolve_backend(backend, q, "attention") == "reference" or Lq == 0 or H == 0:
         return attention_ref(q, k, v, scale, bias_table, xi)
     return attention_op(q, k, v, scale, bias_table, xi)
+
+
+def attention_fixed_context(q: Tensor, k: Tensor, v: Tensor, scale: float, bank_k: Optional[Tensor] = None,
+                            bank_v: Optional[Tensor] = None) -> Tensor:
+    """Attention of each query over (bank_k, bank_v) (H, M, D) plus its own key and value (H, N, D):
+    ITRR's batch-independent inference (`fixed_context_attention_ref`). Returns (H, N, Dv)."""
+    if q.shape != k.shape or q.shape[:2] != v.shape[:2]:
+        raise ValueError(f"attention_fixed_context: q, k, v must be (H, N, D), got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    if bank_k is not None and (bank_v is None or bank_k.shape[:2] != bank_v.shape[:2]
+                               or bank_k.shape[0] != q.shape[0] or bank_k.shape[2] != q.shape[2]):
+        raise ValueError(f"attention_fixed_context: bank keys / values {tuple(bank_k.shape)} / "
+                         f"{None if bank_v is None else tuple(bank_v.shape)} do not fit q {tuple(q.shape)}")
+    return fixed_context_attention_ref(q, k, v, scale, bank_k, bank_v)
 
 
 def neighbour_targets(q: Tensor, k: Tensor, p: Tensor, topk: int, scale: float, *,

@@ -62,6 +62,22 @@ def attention_ref(q: Tensor, k: Tensor, v: Tensor, scale: float,
     return torch.matmul(torch.softmax(logits, dim=-1), v)  # (H, Lq, Dv)
 
 
+def fixed_context_attention_ref(q: Tensor, k: Tensor, v: Tensor, scale: float,
+                                bank_k: Optional[Tensor] = None, bank_v: Optional[Tensor] = None) -> Tensor:
+    """Each query i attends to a fixed key set (bank_k, bank_v) (H, M, D) plus its own key k[:, i] and
+    value v[:, i], nothing else: ITRR's batch-independent `bank` mode (M = 0 or no bank: `self`
+    mode, where the softmax has one entry and the output is v itself). Plain ops (export-safe).
+
+    q, k, v: (H, N, D). Returns (H, N, Dv); row i depends on row i alone.
+    """
+    if bank_k is None or bank_k.shape[1] == 0:
+        return v                                                        # softmax over one key = 1
+    own = scale * (q * k).sum(-1, keepdim=True)                         # (H, N, 1)
+    logits = torch.cat([scale * q @ bank_k.transpose(1, 2), own], -1)  # (H, N, M + 1)
+    p = logits.float().softmax(-1).to(v.dtype)
+    return p[..., :-1] @ bank_v + p[..., -1:] * v
+
+
 def _logits_fp32(q, k, scale, bias_table, xi):
     s = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
     if bias_table is not None:

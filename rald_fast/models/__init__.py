@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from rald_fast.config import Config
 from rald_fast.hierarchy import Taxonomy
-from rald_fast.models.losses import NeighbourBank, nnldl_loss, rald_loss
+from rald_fast.models.losses import NeighbourMemory, nnldl_loss, rald_loss
 from rald_fast.models.rald import RALD
+from rald_fast.preprocess import Preprocess
 
-__all__ = ["RALD", "NeighbourBank", "build_model", "load_model", "nnldl_loss", "rald_loss"]
+__all__ = ["RALD", "NeighbourMemory", "TrainedModel", "build_model", "load_model", "nnldl_loss", "rald_loss"]
 
 
 def build_model(cfg: Config, taxonomy: Taxonomy) -> RALD:
@@ -23,26 +26,36 @@ def build_model(cfg: Config, taxonomy: Taxonomy) -> RALD:
     return RALD(cfg.model, taxonomy, vectors)
 
 
-def load_model(path, device="cpu"):
-    """(model in eval mode, config, taxonomy, preprocess) from a training checkpoint.
+@dataclass
+class TrainedModel:
+    """A model loaded from a training checkpoint (eval mode) with what it was trained with."""
 
-    The label vectors are a buffer of the checkpoint, so no word-vector file is read. The ITRR
-    reference bank, when the checkpoint has one, is `model.itrr_bank` (M, D) (else None).
+    model: RALD
+    cfg: Config
+    taxonomy: Taxonomy
+    preprocess: Preprocess
+    provenance: dict  # what it was trained on (rald_fast.checkpoint.Checkpoint)
+
+
+def load_model(path, device="cpu", option: str = "--checkpoint") -> TrainedModel:
+    """The model of a training checkpoint, in eval mode on `device`, with its config, taxonomy,
+    preprocessing and provenance.
+
+    The label vectors are a buffer of the checkpoint, so no word-vector file is read; so is ITRR's
+    reference bank (`model.has_reference_bank`, `model.reference_bank()`).
     """
-    from rald_fast.checkpoint import CheckpointError, load_checkpoint
-    from rald_fast.data.transforms import Preprocess
+    from rald_fast.checkpoint import load_checkpoint
+    from rald_fast.errors import CheckpointError
 
-    ckpt = load_checkpoint(path)
-    cfg = Config.from_dict(ckpt["config"])
+    ckpt = load_checkpoint(path, option)
+    cfg = Config.from_dict(ckpt.config)
     cfg.model.backbone_weights = None  # the checkpoint holds the trained backbone
-    taxonomy = Taxonomy.from_dict(ckpt["taxonomy"])
-    state = ckpt["model"]
-    vectors = state.get("label_vectors")
+    taxonomy = Taxonomy.from_dict(ckpt.taxonomy)
+    vectors = ckpt.model.get("label_vectors")
     model = RALD(cfg.model, taxonomy, torch.zeros_like(vectors) if vectors is not None else None)
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(ckpt.model)
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit the saved config ({e})") from None
-    bank = ckpt.get("itrr_bank")
-    model.itrr_bank = bank["features"] if bank is not None else None  # ITRR `bank` mode (reference_bank.py)
-    return model.to(device).eval(), cfg, taxonomy, Preprocess.from_dict(ckpt["preprocess"])
+    return TrainedModel(model.to(device).eval(), cfg, taxonomy, Preprocess.from_dict(ckpt.preprocess),
+                        ckpt.provenance)

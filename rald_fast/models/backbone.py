@@ -20,13 +20,11 @@ import torch
 import torchvision
 from torch import nn
 
+from rald_fast.errors import BackboneWeightsError
+
 log = logging.getLogger(__name__)
 
 _PREFIXES = ("module.", "_orig_mod.", "backbone.", "base.", "features.", "encoder.", "model.")
-
-
-class BackboneWeightsError(ValueError):
-    """A backbone weights file that cannot be used."""
 
 
 def build_resnet18(weights: str | None = None) -> nn.Module:

@@ -1,4 +1,4 @@
-"""The attention block shared by ITRR, HLRR and LGIFO (SPEC 3).
+"""The attention block shared by ITRR, HLRR and LGIFO (paper section 3).
 
 Each block: per-head queries, keys and values, R = lambda Q K^T (+ b[xi] in HLRR), softmax, heads
 concatenated, W_MSA, then Y = norm(M + FFN(M)) (eqs. 7, 12, 17). The paper adds no residual from the
@@ -59,11 +59,21 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, *,
                 bias_table: torch.Tensor | None = None, xi: torch.Tensor | None = None,
-                qk: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                qk: tuple[torch.Tensor, torch.Tensor] | None = None,
+                kv: tuple[torch.Tensor, torch.Tensor] | None = None, backend: str = "auto") -> torch.Tensor:
+        """Queries from `x` (Lq, D), keys and values from `context` (default `x`).
+
+        qk: precomputed per-head queries and keys (ITRR shares them with NNLDL); kv: precomputed
+        per-head keys and values (h, Lk, D/h) (the folded LGIFO's constants); backend: of
+        `rald_fast.kernels.attention` (the folded model asks for "reference", export-safe ops).
+        """
         context = x if context is None else context
-        q, k = qk if qk is not None else self.project_qk(x, context)
-        v = self.split_heads(self.w_v(context))                         # (h, Lk, D/h)
-        out = kernels.attention(q, k, v, self.scale, bias_table, xi)    # (h, Lq, D/h)
+        if kv is not None:
+            q, (k, v) = self.split_heads(self.w_q(x)), kv
+        else:
+            q, k = qk if qk is not None else self.project_qk(x, context)
+            v = self.split_heads(self.w_v(context))                     # (h, Lk, D/h)
+        out = kernels.attention(q, k, v, self.scale, bias_table, xi, backend=backend)  # (h, Lq, D/h)
         return self.finish(out, x)
 
     def finish(self, heads_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -87,13 +97,7 @@ class AttentionBlock(nn.Module):
         """
         q, k = self.project_qk(x, x)                                    # (h, N, D/h)
         v = self.split_heads(self.w_v(x))
-        if bank_k is None or bank_k.shape[1] == 0:
-            return self.finish(v, x)                                    # softmax over one key = 1
-        own = self.scale * (q * k).sum(-1, keepdim=True)                # (h, N, 1)
-        logits = torch.cat([self.scale * q @ bank_k.transpose(1, 2), own], -1)  # (h, N, M + 1)
-        p = logits.float().softmax(-1).to(v.dtype)
-        out = p[..., :-1] @ bank_v + p[..., -1:] * v
-        return self.finish(out, x)
+        return self.finish(kernels.attention_fixed_context(q, k, v, self.scale, bank_k, bank_v), x)
 
 
 def decreasing_bias_init(heads: int, sigma: int) -> torch.Tensor:

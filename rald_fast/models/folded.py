@@ -1,4 +1,4 @@
-"""Folding a trained RALD into the module deployment runs (SPEC 3.2-3.3 constants).
+"""Folding a trained RALD into the module deployment runs.
 
 What inference needs of RALD: the backbone, ITRR, LGIFO and the head. The label branch (label
 vectors -> projection -> HLRR with its hierarchy bias) never sees an image, so LGIFO's keys
@@ -6,8 +6,9 @@ W_k S~ and values S~ are computed once here and kept as constants; NNLDL (a trai
 dropout (eval mode) are gone; each BatchNorm is folded into the convolution before it.
 
 The folded module takes what a service has at hand, float32 RGB images (N, 3, S, S) with values in
-0..255 at the model's input size, normalises them inside the graph with the training mean/std (so no
-consumer can drift from training), and returns (logits, probs) over the fine labels.
+0..255 at the model's input size, normalises them inside the graph with the training formula and
+mean/std (`rald_fast.preprocess.normalize`, so no consumer can drift from training), and returns
+(logits, probs) over the fine labels.
 
 ITRR mode (see `RALD.forward_head`): `bank` (attend to the stored reference bank plus itself) and
 `self` (itself only) give every image the same output whatever its batch; `batch` is the paper's.
@@ -21,8 +22,9 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from rald_fast.data.transforms import Preprocess
-from rald_fast.models.rald import ITRR_MODES, RALD
+from rald_fast.config import ITRR_MODES
+from rald_fast.models.rald import RALD
+from rald_fast.preprocess import Preprocess, normalize
 
 
 def fuse_resnet_bn(net: nn.Module) -> nn.Module:
@@ -39,32 +41,32 @@ def fuse_resnet_bn(net: nn.Module) -> nn.Module:
     return net
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """softmax(scale q k^T) v per head, in plain ops every exporter and compiler understands."""
-    return (scale * q @ k.transpose(1, 2)).softmax(-1) @ v
-
-
 class FoldedRALD(nn.Module):
-    """Inference-only RALD: float32 RGB (N, 3, S, S) in 0..255 -> (logits, probs), each (N, C_f)."""
+    """Inference-only RALD: float32 RGB (N, 3, S, S) in 0..255 -> (logits, probs), each (N, C_f).
 
-    def __init__(self, model: RALD, preprocess: Preprocess, itrr_mode: str = "self",
-                 itrr_bank: torch.Tensor | None = None, fuse_bn: bool = True):
+    Every attention goes through `rald_fast.kernels` with the "reference" backend: plain PyTorch ops,
+    which every exporter (ONNX, AOTInductor, TorchScript, TensorRT) and OpenCV's DNN can read, where a
+    Triton custom op could not be serialised.
+    """
+
+    ATTENTION_BACKEND = "reference"
+
+    def __init__(self, model: RALD, preprocess: Preprocess, itrr_mode: str = "self", fuse_bn: bool = True):
         super().__init__()
         if itrr_mode not in ITRR_MODES:
             raise ValueError(f"itrr_mode must be one of {ITRR_MODES}, got {itrr_mode!r}")
-        if model.itrr is not None and itrr_mode == "bank" and itrr_bank is None:
-            raise ValueError("itrr_mode='bank' needs the checkpoint's reference bank; build one with "
-                             "`python -m rald_fast.bank CHECKPOINT`")
+        bank = model.reference_bank() if model.itrr is not None and itrr_mode == "bank" else None  # the check
         model = copy.deepcopy(model).float().eval()
         self.preprocess, self.scale = preprocess, model.cfg.scale
         self.itrr_mode = itrr_mode if model.itrr is not None else "none"
-        self.register_buffer("pixel_mean", 255.0 * torch.tensor(preprocess.mean).view(1, 3, 1, 1))
-        self.register_buffer("pixel_std", 255.0 * torch.tensor(preprocess.std).view(1, 3, 1, 1))
+        mean, std = preprocess.stats()
+        self.register_buffer("pixel_mean", mean)                              # (1, 3, 1, 1), 0..1 scale
+        self.register_buffer("pixel_std", std)
         self.backbone = fuse_resnet_bn(model.backbone) if fuse_bn else model.backbone
         self.itrr = model.itrr
         with torch.no_grad():
             if self.itrr_mode == "bank":
-                bank_k, bank_v = model.itrr.context_kv(itrr_bank.float().to(model.head.weight.device))
+                bank_k, bank_v = model.itrr.context_kv(bank.float().to(model.head.weight.device))
                 self.register_buffer("bank_k", bank_k.contiguous())            # (h, M, D/h)
                 self.register_buffer("bank_v", bank_v.contiguous())
             self.lgifo = model.lgifo
@@ -77,21 +79,18 @@ class FoldedRALD(nn.Module):
 
     def _itrr(self, x: torch.Tensor) -> torch.Tensor:
         if self.itrr_mode == "batch":
-            q, k = self.itrr.project_qk(x, x)                                  # (h, N, D/h)
-            v = self.itrr.split_heads(self.itrr.w_v(x))
-            return self.itrr.finish(_attend(q, k, v, self.scale), x)
+            return self.itrr(x, backend=self.ATTENTION_BACKEND)
         if self.itrr_mode == "bank":
             return self.itrr.forward_fixed_context(x, self.bank_k, self.bank_v)
         return self.itrr.forward_fixed_context(x)                              # `self`
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """F^ (N, D): the features the head reads."""
-        x = self.backbone((images - self.pixel_mean) / self.pixel_std)        # F (N, D)
+        x = self.backbone(normalize(images, self.pixel_mean, self.pixel_std))  # F (N, D)
         if self.itrr is not None:
             x = self._itrr(x)                                                 # F~
         if self.lgifo is not None:
-            q = self.lgifo.split_heads(self.lgifo.w_q(x))
-            x = self.lgifo.finish(_attend(q, self.label_k, self.label_v, self.scale), x)  # F^
+            x = self.lgifo(x, kv=(self.label_k, self.label_v), backend=self.ATTENTION_BACKEND)  # F^
         return x
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,12 +98,9 @@ class FoldedRALD(nn.Module):
         return logits, logits.softmax(-1)
 
 
-def fold(model: RALD, preprocess: Preprocess, itrr_mode: str | None = None,
-         itrr_bank: torch.Tensor | None = None, fuse_bn: bool = True) -> FoldedRALD:
+def fold(model: RALD, preprocess: Preprocess, itrr_mode: str | None = None, fuse_bn: bool = True) -> FoldedRALD:
     """The inference module of a trained RALD. `itrr_mode=None` picks the batch-independent
-    default: `bank` when a reference bank is given (or stored on the model), else `self`."""
-    if itrr_bank is None:
-        itrr_bank = getattr(model, "itrr_bank", None)
+    default: `bank` when the model holds a reference bank, else `self`."""
     if itrr_mode is None:
-        itrr_mode = "bank" if itrr_bank is not None else "self"
-    return FoldedRALD(model, preprocess, itrr_mode, itrr_bank, fuse_bn)
+        itrr_mode = "bank" if model.has_reference_bank else "self"
+    return FoldedRALD(model, preprocess, itrr_mode, fuse_bn)

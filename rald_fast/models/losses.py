@@ -14,7 +14,7 @@ L = CE(P, Y) + w * L_KL.
 Every relation is one head-averaged softmax of scaled dot products, so one kernel (`rald_fast.kernels
 .neighbour_targets`) ranks and weighs them all.
 
-Beyond the paper: with `--nnldl-bank M` the neighbours are drawn from the batch *and* a FIFO bank of
+Beyond the paper: with `--nnldl-memory M` the neighbours are drawn from the batch *and* a FIFO memory of
 the relation keys, predictions and labels of the last M training images (detached, so slightly stale,
 as in MoCo-style banks); the streaming top-k kernel never materialises that N x (N + M) matrix on GPU.
 Training also reports what NNLDL does (`neighbour_stats`): the share of the top-k neighbours with the
@@ -32,9 +32,9 @@ from rald_fast import kernels
 from rald_fast.config import LossConfig
 
 
-class NeighbourBank:
-    """FIFO memory of relation keys (h, M, d), predictions (M, C_f) and labels (M,) of recent
-    training images."""
+class NeighbourMemory:
+    """NNLDL's FIFO memory (`--nnldl-bank M`; not ITRR's reference bank) of relation keys (h, M, d),
+    predictions (M, C_f) and labels (M,) of recent training images."""
 
     def __init__(self, size: int):
         self.size = size
@@ -102,18 +102,18 @@ def attention_entropy(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.T
 
 
 def nnldl_loss(logits: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale: float,
-               cfg: LossConfig, bank: NeighbourBank | None = None,
+               cfg: LossConfig, memory: NeighbourMemory | None = None,
                labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """L_KL of eq. (19) for one batch, the neighbour indices (N, k') into batch + bank, and the
+    """L_KL of eq. (19) for one batch, the neighbour indices (N, k') into batch + memory, and the
     labels of that key set. logits (N, C_f); q, k (h, N, d) of the relation (`relation_qk`)."""
     n, c = logits.shape
     log_p = F.log_softmax(logits.float(), dim=-1)                         # (N, C_f)
     p = log_p.exp()
     keys, preds, key_labels = k, p, labels
-    if bank is not None and len(bank):                                    # the batch first: offset 0
-        keys, preds = torch.cat([k, bank.keys.to(k.dtype)], 1), torch.cat([p, bank.preds], 0)
-        if labels is not None and bank.labels is not None:
-            key_labels = torch.cat([labels, bank.labels], 0)
+    if memory is not None and len(memory):                                    # the batch first: offset 0
+        keys, preds = torch.cat([k, memory.keys.to(k.dtype)], 1), torch.cat([p, memory.preds], 0)
+        if labels is not None and memory.labels is not None:
+            key_labels = torch.cat([labels, memory.labels], 0)
     if preds.shape[0] < 2:
         return logits.new_zeros(()), None, None
     if cfg.nnldl_grad:
@@ -122,15 +122,15 @@ def nnldl_loss(logits: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale: fl
         with torch.no_grad():
             d, idx, _ = kernels.neighbour_targets(q.detach(), keys.detach(), preds.detach(),
                                                   cfg.k, scale)            # D (N, C_f), eq. (18)
-    if bank is not None:
-        bank.push(k, p, labels)
+    if memory is not None:
+        memory.push(k, p, labels)
     if key_labels is not None and key_labels.shape[0] != keys.shape[1]:
-        key_labels = None  # a bank restored from an older checkpoint has no labels
+        key_labels = None  # a memory restored from an older checkpoint has no labels
     return -(d * log_p).sum() / (n * c), idx, key_labels
 
 
 def rald_loss(out: dict, labels: torch.Tensor, cfg: LossConfig, scale: float,
-              bank: NeighbourBank | None = None, *, use_nnldl: bool = True,
+              memory: NeighbourMemory | None = None, *, use_nnldl: bool = True,
               coarse_of: torch.Tensor | None = None) -> dict:
     """Total loss (21) and its parts, as tensors. `use_nnldl=False` leaves L_KL out (the warm-up
     epochs). With `coarse_of` (C_f,), the parts also carry the detached diagnostics of
@@ -142,7 +142,7 @@ def rald_loss(out: dict, labels: torch.Tensor, cfg: LossConfig, scale: float,
         q, k, s = relation_qk(out, cfg.nnldl_relation, scale, cfg.nnldl_tau)
         idx = key_labels = None
         if use_nnldl:
-            kl, idx, key_labels = nnldl_loss(out["logits"], q, k, s, cfg, bank, labels)
+            kl, idx, key_labels = nnldl_loss(out["logits"], q, k, s, cfg, memory, labels)
             parts["kl"] = kl
             total = total + cfg.nnldl_weight * kl
         elif coarse_of is not None and q.shape[1] > 1:  # warm-up: rank only, for the diagnostics

@@ -15,12 +15,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rald_fast.config import ModelConfig
+from rald_fast.config import ITRR_MODES, ModelConfig
 from rald_fast.hierarchy import Taxonomy
 from rald_fast.models.backbone import build_resnet18
 from rald_fast.models.blocks import AttentionBlock, decreasing_bias_init
 
-ITRR_MODES = ("batch", "bank", "self")
+NO_REFERENCE_BANK = ("ITRR mode 'bank' needs the model's reference bank, and this model has none: build one with "
+                     "`python -m rald_fast.bank --checkpoint CKPT` (training stores one unless --reference-bank 0)")
 
 
 class RALD(nn.Module):
@@ -40,6 +41,8 @@ class RALD(nn.Module):
         block = dict(dropout=cfg.dropout, input_residual=cfg.input_residual)
         self.backbone = build_resnet18(cfg.backbone_weights)                  # F_v, eq. (1)
         self.itrr = AttentionBlock(d, h, cfg.scale, **block) if cfg.itrr else None
+        if cfg.itrr:  # ITRR's reference bank F (M, D) for `bank` inference; M = 0 until one is set
+            self.register_buffer("itrr_reference", torch.zeros(0, d))
         self.hlrr = self.lgifo = None
         if cfg.lgifo:
             if label_vectors is None or label_vectors.shape[0] != taxonomy.num_nodes:
@@ -58,6 +61,34 @@ class RALD(nn.Module):
             self.lgifo = AttentionBlock(d, h, cfg.scale, value_proj=False, **block)
         self.head = nn.Linear(d, taxonomy.num_fine)                             # P, SPEC 3.4
 
+    # --- ITRR's reference bank (batch-independent inference, rald_fast/evaluate/reference_bank.py) ---
+    def set_reference_bank(self, features: torch.Tensor | None) -> None:
+        """Store backbone features F (M, D) of reference training images (None: remove the bank)."""
+        if self.itrr is None:
+            raise ValueError("this model has no ITRR, so it needs no reference bank")
+        d = self.cfg.dim
+        if features is not None and (features.dim() != 2 or features.shape[1] != d):
+            raise ValueError(f"reference bank must be (M, {d}), got {tuple(features.shape)}")
+        new = torch.zeros(0, d) if features is None else features.detach().float()
+        self.itrr_reference = new.to(self.head.weight.device).clone()
+
+    @property
+    def has_reference_bank(self) -> bool:
+        return self.itrr is not None and self.itrr_reference.shape[0] > 0
+
+    def reference_bank(self) -> torch.Tensor:
+        """F (M, D) of the reference bank; the one check that `bank` mode has one."""
+        if not self.has_reference_bank:
+            raise ValueError(NO_REFERENCE_BANK)
+        return self.itrr_reference
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # the bank's M is whatever was stored: take its shape before the strict shape check
+        key = prefix + "itrr_reference"
+        if self.itrr is not None and key in state_dict:
+            self.itrr_reference = torch.empty_like(state_dict[key], device=self.itrr_reference.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     # --- the label branch: never depends on the images (SPEC 3.2) ------------------------------
     def label_tokens(self) -> torch.Tensor:
         """S~ (C, D): HLRR over the projected label vectors, eqs. (8)-(12)."""
@@ -72,12 +103,12 @@ class RALD(nn.Module):
         return self.backbone(images)
 
     def forward_head(self, feats: torch.Tensor, label_tokens: torch.Tensor | None = None,
-                     itrr_mode: str = "batch", itrr_bank: torch.Tensor | None = None) -> dict:
+                     itrr_mode: str = "batch") -> dict:
         """ITRR -> LGIFO -> fine logits from backbone features F (N, D).
 
-        itrr_mode: `batch` (the paper: each image attends to the images of its batch), `bank` (to
-        `itrr_bank`, reference features F (M, D) of training images, plus itself) or `self` (to itself
-        only). `bank` and `self` make each prediction independent of its batch-mates.
+        itrr_mode: `batch` (the paper: each image attends to the images of its batch), `bank` (to the
+        model's reference bank, features F (M, D) of training images, plus itself) or `self` (to
+        itself only). `bank` and `self` make each prediction independent of its batch-mates.
         """
         if itrr_mode not in ITRR_MODES:
             raise ValueError(f"itrr_mode must be one of {ITRR_MODES}, got {itrr_mode!r}")
@@ -89,10 +120,7 @@ class RALD(nn.Module):
             x = self.itrr(x, qk=(q, k))                                        # F~ (N, D), eq. (7)
             out["itrr_features"] = x
         elif self.itrr is not None:
-            if itrr_mode == "bank" and itrr_bank is None:
-                raise ValueError("itrr_mode='bank' needs a reference bank: build one with "
-                                 "`python -m rald_fast.bank CHECKPOINT`")
-            kv = self.itrr.context_kv(itrr_bank.to(x)) if itrr_mode == "bank" else (None, None)
+            kv = self.itrr.context_kv(self.reference_bank().to(x)) if itrr_mode == "bank" else (None, None)
             x = self.itrr.forward_fixed_context(x, *kv)
         if self.lgifo is not None:
             s = self.label_tokens() if label_tokens is None else label_tokens  # S~ (C, D)

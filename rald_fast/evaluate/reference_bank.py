@@ -1,6 +1,6 @@
 """ITRR's reference bank: backbone features of training images that stand in for batch-mates.
 
-The paper's ITRR (SPEC 3.1) lets every image attend to the other images of its batch, so an image's
+The paper's ITRR (eqs. 3-7) lets every image attend to the other images of its batch, so an image's
 prediction changes with whatever else is in the batch (one image alone sees only itself). The `bank`
 inference mode replaces the batch with a fixed set of M training images, chosen class-stratified and
 stored with the model; every test image attends to the bank plus itself, whatever its batch.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from rald_fast.data.dataset import Split
-from rald_fast.data.transforms import Preprocess
+from rald_fast.preprocess import Preprocess
 
 
 def stratified_indices(labels: torch.Tensor, size: int, seed: int) -> torch.Tensor:
@@ -36,8 +36,9 @@ def build_reference_bank(model, split: Split, preprocess: Preprocess, size: int,
                          batch_size: int = 128) -> dict:
     """Features F (M, D) of `size` class-stratified images of `split`, in eval mode, unaugmented.
 
-    Returns a dict that is stored in checkpoints under "itrr_bank": features (M, D) fp32 on the CPU,
-    labels (M,), indices into the split (M,), and the split's length (to recognise it later).
+    Returns features (M, D) fp32 on the CPU (for `RALD.set_reference_bank`) and how they were drawn,
+    kept in the checkpoint's `reference_bank`: labels (M,), indices into the split (M,), the split's
+    length (to recognise it later) and the seed.
     """
     if size < 1:
         raise ValueError(f"reference bank size must be >= 1, got {size}")
@@ -60,13 +61,3 @@ def build_reference_bank(model, split: Split, preprocess: Preprocess, size: int,
 def default_bank_size(cfg) -> int:
     """Training batch size - 1: as many keys per query as in training (module docstring)."""
     return max(1, cfg.optim.batch_size - 1)
-
-
-def store_bank(checkpoint: str, bank: dict, out: str | None = None) -> str:
-    """Write `checkpoint` with its "itrr_bank" set to `bank`, atomically, to `out` (default: in place)."""
-    from rald_fast.checkpoint import load_checkpoint, save_checkpoint
-
-    ckpt = load_checkpoint(checkpoint)
-    ckpt["itrr_bank"] = bank
-    save_checkpoint(out or checkpoint, ckpt)
-    return out or checkpoint

@@ -14,16 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
-                              ".ppm", ".pgm"})
+from rald_fast.errors import DataError, MediaError
+from rald_fast.preprocess import IMAGE_SUFFIXES, open_rgb
+
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg",
                               ".wmv", ".flv"})
-
-
-class MediaError(ValueError):
-    """An input that cannot be read: the message names the file and the reason."""
 
 
 @dataclass(frozen=True)
@@ -47,7 +44,7 @@ def list_inputs(specs: list[str]) -> list[Input]:
             found = sorted(p for p in path.rglob("*")
                            if p.is_file() and not any(part.startswith(".") for part in
                                                       p.relative_to(path).parts)
-                           and p.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS)
+                           and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_EXTENSIONS)
             if not found:
                 inputs.append(Input(path, "missing", Path(path.name),
                                     f"{path}: folder holds no image or video files"))
@@ -61,15 +58,12 @@ def list_inputs(specs: list[str]) -> list[Input]:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB, EXIF-upright; MediaError names the file."""
+    """(H, W, 3) uint8 RGB, EXIF-upright, decoded as training decodes (`rald_fast.preprocess.open_rgb`);
+    MediaError names the file."""
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except FileNotFoundError:
-        raise MediaError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        raise MediaError(f"{path}: not a readable image ({e})") from None
+        return np.asarray(open_rgb(path), dtype=np.uint8)
+    except DataError as e:
+        raise MediaError(str(e)) from None
 
 
 class VideoReader:

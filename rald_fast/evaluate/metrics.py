@@ -1,4 +1,4 @@
-"""Evaluation: predictions over a split, and the paper's metrics (SPEC 6).
+"""Evaluation: predictions over a split, and the paper's metrics (section 4.3).
 
 Overall fine accuracy; per-class accuracy at the valence / coarse / fine levels (Table 1 layout);
 coarse accuracy both ways (the parent of the fine prediction, and the argmax of the probability summed
@@ -7,7 +7,7 @@ over each coarse group); a confusion matrix; images per second of the forward pa
 ITRR attends among the images of a batch, so in the paper's batch mode a prediction depends on its
 batch-mates. Test batches are therefore drawn in a fixed *shuffled* order (seeded): a file-ordered test
 list would put same-class images together and leak labels through ITRR. The `bank` and `self` ITRR
-modes remove the dependence (rald_fast/models/reference_bank.py).
+modes remove the dependence (rald_fast/evaluate/reference_bank.py).
 """
 
 from __future__ import annotations
@@ -20,26 +20,26 @@ import torch
 from rald_fast import kernels
 from rald_fast.config import LossConfig
 from rald_fast.data.dataset import Split
-from rald_fast.data.transforms import Preprocess
 from rald_fast.hierarchy import Taxonomy
 from rald_fast.models.losses import neighbour_stats, relation_qk
+from rald_fast.preprocess import Preprocess
 
 
 @torch.no_grad()
 def predict_split(model, split: Split, preprocess: Preprocess, batch_size: int,
                   device: torch.device, seed: int = 0, itrr_mode: str = "batch",
-                  itrr_bank: torch.Tensor | None = None, neighbours: LossConfig | None = None) -> dict:
+                  neighbours: LossConfig | None = None) -> dict:
     """Probabilities (N, C_f) and features (N, D) in the split's order, plus images/s.
 
-    itrr_mode: `batch` (the paper), `bank` (attend to `itrr_bank`, the checkpoint's reference
-    features, plus itself) or `self`; see `RALD.forward_head`.
+    itrr_mode: `batch` (the paper), `bank` (attend to the model's reference bank plus itself) or
+    `self`; see `RALD.forward_head`.
     neighbours: with ITRR in batch mode, also report NNLDL's neighbour purity on these batches
     (`neighbour_stats`) for the relation of this loss config and, for comparison, for the cosine
     of the backbone features F: key "neighbours", batch-size weighted means."""
     model.eval()
     n = len(split)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    labels_tokens = model.label_tokens() if model.lgifo is not None else None  # constant (SPEC 3.2)
+    labels_tokens = model.label_tokens() if model.lgifo is not None else None  # constant: no image enters it
     probs = torch.empty(n, model.taxonomy.num_fine)
     feats = torch.empty(n, model.cfg.dim)
     seconds = 0.0
@@ -49,7 +49,7 @@ def predict_split(model, split: Split, preprocess: Preprocess, batch_size: int,
         idx = order[start:start + batch_size]
         x = preprocess.normalize(split.images[idx].to(device))
         t0 = time.perf_counter()
-        out = model.forward_head(model.forward_features(x), labels_tokens, itrr_mode, itrr_bank)
+        out = model.forward_head(model.forward_features(x), labels_tokens, itrr_mode)
         p = out["logits"].float().softmax(-1)
         seconds += time.perf_counter() - t0
         probs[idx], feats[idx] = p.cpu(), out["features"].float().cpu()

@@ -1,13 +1,13 @@
 """The training loop behind `python -m rald_fast.train`: build, train_one_epoch, evaluate, fit.
 
-SPEC 5: SGD with momentum, step decay of the learning rate, CE + NNLDL. A run directory holds the
+Section 4.3.2 of the paper: SGD with momentum, step decay of the learning rate, CE + NNLDL. A run directory holds the
 resolved config (config.json), the taxonomy (taxonomy.json), one line of metrics per epoch
 (metrics.jsonl and metrics.csv), `last.pt` (written atomically every epoch) and, once training has
 finished, `summary.json`. Resume restores weights, optimiser, scheduler, RNG states and epoch, and the
 per-epoch batch order and augmentation are seeded from (seed, epoch), so a resumed run continues
 exactly where the interrupted one would have gone.
 
-Speed options (train_step.py): --amp, --compile, channels_last, pinned non-blocking copies on CUDA.
+Speed options (step.py): --amp, --compile, channels_last, pinned non-blocking copies on CUDA.
 Under torchrun (distributed.py, docs/DISTRIBUTED.md) every process walks the same global batches,
 runs its backbone on its own rows and the head and loss on the all-gathered global batch; rank 0
 alone evaluates and writes metrics and checkpoints, which hold nothing per process.
@@ -21,101 +21,28 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from rald_fast.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from rald_fast.checkpoint import Checkpoint, atomic_write_text, load_checkpoint, save_checkpoint
 from rald_fast.config import Config
-from rald_fast.data.dataset import Split, epoch_order, load_split
-from rald_fast.data.transforms import Preprocess, augment
-from rald_fast.distributed import (SINGLE, DistInfo, barrier, init_from_env, local_rows, shutdown,
+from rald_fast.data.augment import augment
+from rald_fast.data.build import Data, build_data
+from rald_fast.data.dataset import Split, epoch_order
+from rald_fast.preprocess import Preprocess
+from rald_fast.train.distributed import (SINGLE, DistInfo, barrier, init_from_env, local_rows, shutdown,
                                    slice_sizes, sync_batchnorm)
-from rald_fast.evaluation import compute_metrics, predict_split
-from rald_fast.hierarchy import Taxonomy, load_taxonomy
-from rald_fast.models import RALD, NeighbourBank, build_model, rald_loss
-from rald_fast.models.rald import ITRR_MODES
-from rald_fast.models.reference_bank import build_reference_bank, default_bank_size, store_bank
-from rald_fast.train_step import TrainForward, autocast_context, check_amp, host_to_device, make_scaler
+from rald_fast.config import ITRR_MODES
+from rald_fast.device import resolve_device
+from rald_fast.errors import TrainingError
+from rald_fast.evaluate.metrics import compute_metrics, predict_split
+from rald_fast.evaluate.reference_bank import build_reference_bank, default_bank_size
+from rald_fast.hierarchy import Taxonomy
+from rald_fast.models import RALD, NeighbourMemory, build_model, rald_loss
+from rald_fast.train.step import TrainForward, autocast_context, check_amp, host_to_device, make_scaler
 
 log = logging.getLogger(__name__)
-
-
-class TrainingError(RuntimeError):
-    """Training cannot continue (for example a non-finite loss)."""
-
-
-@dataclass
-class Data:
-    taxonomy: Taxonomy
-    train: Split
-    test: Split
-    root: Path
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available")
-    return torch.device(name)
-
-
-def dataset_root(cfg: Config, taxonomy: Taxonomy | None) -> Path:
-    """The dataset directory: train.csv / test.csv for synthetic (generated or found cached) and
-    labelfile data, the dataset's own layout for the readers (docs/DATASETS.md)."""
-    d = cfg.data
-    if d.data == "synthetic":
-        from rald_fast.data.synthetic import SyntheticConfig, generate
-
-        if taxonomy is None or taxonomy.is_flat:
-            raise ValueError("--data synthetic needs a hierarchical --taxonomy (fine -> coarse)")
-        scfg = SyntheticConfig(image_size=d.image_size, train_per_class=d.synth_train_per_class,
-                               test_per_class=d.synth_test_per_class, flip_prob=d.synth_flip_prob,
-                               seed=d.synth_seed, difficulty=d.synth_difficulty,
-                               fine_offset_scale=d.synth_fine_offset,
-                               taxonomy=taxonomy.children())
-        return generate(scfg, Path(d.data_root) if d.data_root else None)
-    if not d.data_root:
-        what = "holding train.csv and test.csv" if d.data == "labelfile" else \
-            "(its layouts: docs/DATASETS.md)"
-        raise ValueError(f"--data {d.data} needs --data-root DIR {what}")
-    root = Path(d.data_root)
-    if d.data != "labelfile" and not root.is_dir():
-        raise ValueError(f"--data-root {root}: no such directory")
-    return root
-
-
-def build_data(cfg: Config) -> Data:
-    """Taxonomy and decoded train/test splits; bad images, duplicates and skips are reported."""
-    from rald_fast.data.dataset import class_balanced_weights, report_duplicates
-    from rald_fast.data.readers import default_taxonomy, split_source
-
-    d = cfg.data
-    if d.data in ("synthetic", "labelfile"):  # the generator needs the taxonomy first
-        taxonomy = load_taxonomy(d.taxonomy or "fg-emotions")
-        root = dataset_root(cfg, taxonomy)
-    else:
-        root = dataset_root(cfg, None)
-        taxonomy = default_taxonomy(d, root)
-    splits = {}
-    for which in ("train", "test"):
-        policy = d.on_bad_image if d.on_bad_image != "auto" else \
-            ("skip" if which == "train" else "fail")
-        splits[which] = load_split(split_source(d, taxonomy, which, root), taxonomy, d.image_size,
-                                   cfg.run.progress, on_bad_image=policy, workers=d.workers)
-    report_duplicates(splits)
-    skipped = {w: len(s.skipped) for w, s in splits.items() if s.skipped}
-    if skipped:
-        log.warning("data: skipped %s undecodable image(s) (%s)", sum(skipped.values()),
-                    ", ".join(f"{w} {n}" for w, n in skipped.items()))
-    if d.balanced:
-        splits["train"].sample_weights = class_balanced_weights(splits["train"].labels,
-                                                                taxonomy.num_fine)
-    log.info("data %s: %s train / %s test images, taxonomy %s (%d fine labels)", d.data,
-             len(splits["train"]), len(splits["test"]), taxonomy.name, taxonomy.num_fine)
-    return Data(taxonomy, splits["train"], splits["test"], root)
 
 
 def build_optimizer(cfg: Config, model: RALD):
@@ -131,7 +58,7 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 def train_one_epoch(model: RALD, split: Split, preprocess: Preprocess, optimizer, cfg: Config,
-                    epoch: int, device: torch.device, bank: NeighbourBank | None = None,
+                    epoch: int, device: torch.device, memory: NeighbourMemory | None = None,
                     forward: torch.nn.Module | None = None, info: DistInfo = SINGLE,
                     scaler: torch.amp.GradScaler | None = None) -> dict:
     """One pass over the training split; returns the epoch's train_* metrics (global batch): the
@@ -177,7 +104,7 @@ def train_one_epoch(model: RALD, split: Split, preprocess: Preprocess, optimizer
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast_context(cfg.run.amp, device):
             out = forward(x, sizes)
-            parts = rald_loss(out, y, cfg.loss, cfg.model.scale, bank, use_nnldl=use_nnldl,
+            parts = rald_loss(out, y, cfg.loss, cfg.model.scale, memory, use_nnldl=use_nnldl,
                               coarse_of=coarse_of)
         # one host sync per step on CPU; on CUDA every 16 steps, so the GPU is never starved
         if (device.type != "cuda" or step % 16 == 15 or step + 1 == len(starts)) and \
@@ -259,20 +186,21 @@ def fit(cfg: Config, resume: str | None = None) -> dict:
     optimizer, scheduler = build_optimizer(cfg, model)
     scaler = make_scaler(cfg.run.amp, device)
     out = Path(cfg.run.out)
-    start_epoch, best = 0, {"test_acc": -1.0, "epoch": -1}
-    bank = NeighbourBank(cfg.loss.nnldl_bank) if cfg.loss.nnldl and cfg.loss.nnldl_bank else None
+    start_epoch, best, bank_info = 0, {"test_acc": -1.0, "epoch": -1}, None
+    memory = NeighbourMemory(cfg.loss.nnldl_bank) if cfg.loss.nnldl and cfg.loss.nnldl_bank else None
     if resume:
-        ckpt = load_checkpoint(resume)
+        ckpt = load_checkpoint(resume, "--resume")
         check_compatible(ckpt, cfg, data.taxonomy, resume)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        _restore_rng(ckpt["rng"])
-        if bank is not None:
-            bank.load_state_dict(ckpt["bank"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, best = ckpt["epoch"], ckpt["best"]
+        model.load_state_dict(ckpt.model)
+        optimizer.load_state_dict(ckpt.optimizer)
+        scheduler.load_state_dict(ckpt.scheduler)
+        _restore_rng(ckpt.rng)
+        if memory is not None:
+            memory.load_state_dict(ckpt.nnldl_memory)
+        if scaler is not None and ckpt.scaler:
+            scaler.load_state_dict(ckpt.scaler)
+        start_epoch, best = ckpt.epoch, ckpt.best
+        bank_info = ckpt.reference_bank
         log.info("resumed %s at epoch %d", resume, start_epoch)
         if info.is_main and (out / "metrics.jsonl").exists():  # keep only the epochs the checkpoint has seen
             lines = (out / "metrics.jsonl").read_text().splitlines()
@@ -291,7 +219,7 @@ def fit(cfg: Config, resume: str | None = None) -> dict:
     for epoch in range(start_epoch, cfg.optim.epochs):
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
         row.update(train_one_epoch(model, data.train, preprocess, optimizer, cfg, epoch, device,
-                                   bank, forward, info, scaler))
+                                   memory, forward, info, scaler))
         scheduler.step()
         if not info.is_main:  # metrics, evaluation and checkpoints come from rank 0
             barrier(info)
@@ -304,20 +232,21 @@ def fit(cfg: Config, resume: str | None = None) -> dict:
         write_metrics(out, row)
         log.info("epoch %s", " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                       for k, v in row.items()))
-        save_checkpoint(out / "last.pt", {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "config": cfg.to_dict(),
-            "taxonomy": data.taxonomy.to_dict(), "preprocess": preprocess.to_dict(),
-            "best": best, "rng": _rng_state(), "metrics": row,
-            "bank": bank.state_dict() if bank is not None else None,
-            "scaler": scaler.state_dict() if scaler is not None else None})
+        if last:  # ITRR's reference bank goes into the final checkpoint, written once
+            bank_info = build_final_reference_bank(model, data, preprocess, cfg, device) or bank_info
+        save_checkpoint(out / "last.pt", Checkpoint(
+            model=model.state_dict(), config=cfg.to_dict(), taxonomy=data.taxonomy.to_dict(),
+            preprocess=preprocess.to_dict(), provenance=data.provenance(), epoch=epoch + 1, best=best,
+            metrics=row, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+            scaler=scaler.state_dict() if scaler is not None else None, rng=_rng_state(),
+            nnldl_memory=memory.state_dict() if memory is not None else None, reference_bank=bank_info))
         barrier(info)
     summary = {"out": str(out), "checkpoint": str(out / "last.pt"), "dataset": str(data.root),
                "epochs": cfg.optim.epochs, "final": row, "best": best,
                "train_seconds": time.perf_counter() - t_start, "variant": cfg.variant,
                "preset": cfg.preset, "processes": info.world_size}
     if info.is_main:
-        summary.update(attach_reference_bank(model, data, preprocess, cfg, device, out / "last.pt"))
+        summary.update(accuracy_by_itrr_mode(model, data, preprocess, cfg, device))
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     barrier(info)
     shutdown(info)
@@ -369,30 +298,37 @@ def build_forward(model: RALD, cfg: Config, info: DistInfo, device: torch.device
     return DistributedDataParallel(forward, device_ids=ids, **no_sync)
 
 
-def check_compatible(ckpt: dict, cfg: Config, taxonomy: Taxonomy, path: str) -> None:
-    if ckpt["taxonomy"]["fine"] != list(taxonomy.fine):
+def check_compatible(ckpt: Checkpoint, cfg: Config, taxonomy: Taxonomy, path: str) -> None:
+    if ckpt.taxonomy["fine"] != list(taxonomy.fine):
         raise ValueError(f"{path}: checkpoint was trained on taxonomy "
-                         f"{ckpt['taxonomy']['name']!r} ({len(ckpt['taxonomy']['fine'])} fine "
+                         f"{ckpt.taxonomy['name']!r} ({len(ckpt.taxonomy['fine'])} fine "
                          f"labels), this run uses {taxonomy.name!r} ({taxonomy.num_fine})")
-    if ckpt["config"]["model"] != cfg.to_dict()["model"]:
+    if ckpt.config["model"] != cfg.to_dict()["model"]:
         raise ValueError(f"{path}: the model options differ from the checkpoint's")
 
 
-def attach_reference_bank(model: RALD, data: Data, preprocess: Preprocess, cfg: Config,
-                          device: torch.device, checkpoint: Path) -> dict:
-    """Store ITRR's reference bank in the final checkpoint (batch-independent inference) and
-    report the test accuracy of each ITRR inference mode at the run's test batch size."""
+def build_final_reference_bank(model: RALD, data: Data, preprocess: Preprocess, cfg: Config,
+                               device: torch.device) -> dict | None:
+    """Set ITRR's reference bank (batch-independent inference) on the trained model, so that the
+    final checkpoint carries it; returns how it was drawn (None: no ITRR, or --reference-bank 0)."""
     size = cfg.run.reference_bank
     size = default_bank_size(cfg) if size == -1 else size
     if model.itrr is None or size == 0:
-        return {}
+        return None
     bank = build_reference_bank(model, data.train, preprocess, size, device, cfg.run.seed)
-    store_bank(str(checkpoint), bank)
+    model.set_reference_bank(bank.pop("features"))
+    log.info("reference bank of %d training images stored in the final checkpoint", len(bank["labels"]))
+    return bank
+
+
+def accuracy_by_itrr_mode(model: RALD, data: Data, preprocess: Preprocess, cfg: Config,
+                          device: torch.device) -> dict:
+    """The test accuracy of each ITRR inference mode at the run's test batch size (summary.json)."""
+    if not model.has_reference_bank:
+        return {}
     accuracy = {}
     for mode in ITRR_MODES:
-        pred = predict_split(model, data.test, preprocess, cfg.run.eval_batch_size, device,
-                             cfg.run.seed, mode, bank["features"])
+        pred = predict_split(model, data.test, preprocess, cfg.run.eval_batch_size, device, cfg.run.seed, mode)
         accuracy[mode] = compute_metrics(pred["probs"], pred["labels"], data.taxonomy)["accuracy"]
-    log.info("reference bank of %d images stored in %s; test accuracy by ITRR mode: %s",
-             len(bank["features"]), checkpoint, accuracy)
-    return {"reference_bank": len(bank["features"]), "test_acc_by_itrr_mode": accuracy}
+    log.info("test accuracy by ITRR mode: %s", accuracy)
+    return {"reference_bank": int(model.reference_bank().shape[0]), "test_acc_by_itrr_mode": accuracy}

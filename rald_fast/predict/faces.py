@@ -5,7 +5,7 @@ opencv-python(-headless) 4.x wheel (`cv2.data.haarcascades`), so nothing is down
 (docs/DESIGN.md, "Face detection"). A crop is the detector's box grown by `margin` of its side on
 every side, made square around the box centre; the part outside the photo is filled by repeating
 the border pixels, so the face stays centred as in aligned datasets (RAF-DB "aligned"). It is then
-resized with PIL bilinear, the resize training uses (`rald_fast.data.dataset.decode_image`).
+resized by `rald_fast.preprocess.resize_square`, the resize training uses.
 
 `predict_faces(predictor, image)` is the Python API of `python -m rald_fast.predict`; both run the
 engine's batch-independent `Predictor.predict`, so a face's answer does not depend on the others.
@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from PIL import Image
+
+from rald_fast.preprocess import as_rgb_array, resize_square
 
 DEFAULT_MARGIN = 0.2   # fraction of the face box side added on each side
 DEFAULT_MIN_FACE = 24  # smallest face side in pixels (the cascade's own window is 24 px)
@@ -119,21 +120,12 @@ def crop_face(image: np.ndarray, box: Box, size: int, margin: float = DEFAULT_MA
     pad = ((max(-y0, 0), max(y1 - h, 0)), (max(-x0, 0), max(x1 - w, 0)), (0, 0))
     if any(p for pair in pad for p in pair):
         crop = np.pad(crop, pad, mode="edge")
-    if crop.shape[0] != size:
-        crop = np.asarray(Image.fromarray(crop).resize((size, size), Image.BILINEAR))
-    return np.ascontiguousarray(crop)
+    return resize_square(crop, size)
 
 
 def whole_image(image: np.ndarray) -> Box:
     """The box of an already aligned face crop (`--no-detect`)."""
     return Box(0, 0, image.shape[1], image.shape[0])
-
-
-def aligned_crop(image: np.ndarray, size: int) -> np.ndarray:
-    """An already aligned face crop resized whole to (size, size, 3), as training decodes images."""
-    if image.shape[:2] == (size, size):
-        return np.ascontiguousarray(image)
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
 
 
 def to_results(predictions, boxes: list[Box], taxonomy, topk: int = 3) -> list[FaceResult]:
@@ -158,21 +150,12 @@ def to_results(predictions, boxes: list[Box], taxonomy, topk: int = 3) -> list[F
 
 
 def load_image(source) -> np.ndarray:
-    """(H, W, 3) uint8 RGB from a path, a PIL image or an array (grey and RGBA converted)."""
+    """(H, W, 3) uint8 RGB from a path (decoded as training decodes), a PIL image or an array."""
     if isinstance(source, (str, Path)):
-        from rald_fast.media import read_image
+        from rald_fast.predict.media import read_image
 
         return read_image(Path(source))
-    if isinstance(source, Image.Image):
-        return np.asarray(source.convert("RGB"))
-    image = np.asarray(source)
-    if image.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 image, got {image.dtype}")
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=2)
-    if image.ndim != 3 or image.shape[2] not in (3, 4):
-        raise ValueError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
-    return np.ascontiguousarray(image[..., :3])
+    return as_rgb_array(source)
 
 
 def predict_faces(predictor, image, detector=None, margin: float = DEFAULT_MARGIN,
@@ -181,7 +164,7 @@ def predict_faces(predictor, image, detector=None, margin: float = DEFAULT_MARGI
     """Every face in `image` with its fine label, coarse group, valence and top-k probabilities.
 
     Args:
-        predictor: a `rald_fast.engine.Predictor`.
+        predictor: a `rald_fast.predict.predictor.Predictor`.
         image: (H, W, 3) uint8 RGB array, a PIL image or an image path.
         detector: a callable image -> list[Box]; default the bundled Haar cascade.
         margin: fraction of the face box side added on each side before the square crop.
@@ -201,7 +184,7 @@ def predict_faces(predictor, image, detector=None, margin: float = DEFAULT_MARGI
         boxes = [whole_image(image)]
     size = predictor.preprocess.image_size
     crops = ([crop_face(image, b, size, margin) for b in boxes] if detect
-             else [aligned_crop(image, size)])
+             else [resize_square(image, size)])
     results: list[FaceResult] = []
     step = max(1, min(batch_size, predictor.max_batch or batch_size))
     for i in range(0, len(crops), step):
@@ -220,11 +203,12 @@ def face_label(r: FaceResult) -> str:
     return f"{text} | {r.coarse}" if r.coarse and r.coarse != r.fine else text
 
 
-def draw_faces(image: np.ndarray, results: list[FaceResult]) -> np.ndarray:
+def draw_faces(image: np.ndarray, results: list[FaceResult], banner: str | None = None) -> np.ndarray:
     """A copy of RGB `image` with each face's box and label drawn, coloured by valence.
 
     Text size follows the image size, so labels read the same on every face; a label goes above
-    its box, or inside the box's top edge when there is no room above.
+    its box, or inside the box's top edge when there is no room above. `banner` (for example
+    "model trained on synthetic faces only") is written across the bottom of the image.
     """
     cv2 = _cv2()
     out = np.ascontiguousarray(image.copy())
@@ -245,4 +229,10 @@ def draw_faces(image: np.ndarray, results: list[FaceResult]) -> np.ndarray:
         tx = min(max(x, 0), max(w - tw, 0))
         cv2.rectangle(out, (tx, ty - th - 2), (tx + tw, ty + base), colour, -1)
         cv2.putText(out, text, (tx, ty), font, scale, (0, 0, 0), max(1, thick - 1), cv2.LINE_AA)
+    if banner:
+        (tw, th), base = cv2.getTextSize(banner, font, scale, max(1, thick - 1))
+        fit = min(scale, scale * (w - 4) / max(tw, 1))  # shrink a long banner to the image width
+        (tw, th), base = cv2.getTextSize(banner, font, fit, 1)
+        cv2.rectangle(out, (0, h - th - base - 4), (w - 1, h - 1), (0, 0, 0), -1)
+        cv2.putText(out, banner, (2, h - base - 2), font, fit, (255, 255, 255), 1, cv2.LINE_AA)
     return out

@@ -16,7 +16,6 @@ import logging
 import os
 import sys
 
-from rald_fast.cli import run_cli
 from rald_fast.config import Config, add_config_arguments, config_from_args, set_option, validate
 
 # options that may change when resuming; everything else comes from the checkpoint
@@ -38,7 +37,7 @@ def resolve_config(args: argparse.Namespace, argv: list[str]) -> Config:
     from rald_fast.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(args.resume, "--resume")
-    cfg = Config.from_dict(ckpt["config"])
+    cfg = Config.from_dict(ckpt.config)
     given = {k for k in vars(args) if k not in ("resume", "preset", "variant")}
     bad = sorted(given - RESUME_OVERRIDABLE)
     if bad or "--preset" in argv or "--variant" in argv:
@@ -57,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = resolve_config(args, argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("gensim").setLevel(logging.WARNING)
-    from rald_fast.training import fit
+    from rald_fast.train.loop import fit
 
     summary = fit(cfg, resume=args.resume)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 reports
@@ -74,6 +73,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"evaluate with: python -m rald_fast.evaluate --checkpoint {summary['checkpoint']}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(run_cli(main))

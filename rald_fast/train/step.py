@@ -6,7 +6,7 @@
   head (`forward_head`: ITRR, HLRR, LGIFO, classifier). Under torchrun the all-gather of the features
   sits between them and stays eager; the loss, with its memory-bank side effects, stays eager too.
   Evaluation uses the eager model (no second compilation for eval-mode graphs).
-- `TrainForward`: backbone on this process's rows, features all-gathered (rald_fast/distributed.py),
+- `TrainForward`: backbone on this process's rows, features all-gathered (rald_fast/train/distributed.py),
   head on the global batch; with one process it is the plain model forward.
 """
 
@@ -18,8 +18,8 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
-from rald_fast.distributed import SINGLE, DistInfo, gather_rows
 from rald_fast.models import RALD
+from rald_fast.train.distributed import SINGLE, DistInfo, gather_rows
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -1,6 +1,6 @@
 """One Python API over every rald_fast artifact: `Predictor.load(path).predict(images)`.
 
-    from rald_fast.engine import Predictor
+    from rald_fast.predict import Predictor
     p = Predictor.load("model.onnx")            # or last.pt, model.pt2, model.ts, model.engine, model_trt.ep
     out = p.predict(list_of_rgb_uint8_arrays)   # any sizes; resized like the training data
     out.fine, out.coarse, out.valence, out.probs, out.topk(3)
@@ -21,11 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
-from rald_fast.data.transforms import Preprocess
+from rald_fast.device import resolve_device
+from rald_fast.errors import CheckpointError
 from rald_fast.export.artifacts import METADATA_KEY, ArtifactError, check_metadata, read_sidecar
 from rald_fast.hierarchy import Taxonomy
+from rald_fast.preprocess import Preprocess, as_rgb_array, resize_square
 
 SUFFIXES = {".pt": "checkpoint", ".pth": "checkpoint", ".ckpt": "checkpoint", ".onnx": "onnx",
             ".pt2": "pt2", ".ts": "torchscript", ".engine": "tensorrt", ".plan": "tensorrt",
@@ -82,14 +83,6 @@ class Predictions:
         return len(self.probs)
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise EngineError(f"device {name!r} asked for, but torch sees no CUDA GPU")
-    return torch.device(name)
-
-
 class Predictor:
     """Loads any rald_fast artifact and predicts fine/coarse/valence labels for RGB images."""
 
@@ -100,6 +93,21 @@ class Predictor:
         self.taxonomy = Taxonomy.from_dict(meta["taxonomy"])
         self.itrr_mode = meta["itrr_mode"]
         self.max_batch = max_batch
+        # what the model was trained on (rald_fast.checkpoint.Checkpoint.provenance); {} when unknown
+        self.trained_on = meta.get("trained_on") or {}
+
+    @property
+    def synthetic(self) -> bool:
+        """True when the model only ever saw rald_fast's synthetic faces."""
+        return bool(self.trained_on.get("synthetic"))
+
+    def provenance_note(self) -> str | None:
+        """A warning to show with every answer of a synthetic-only model (None otherwise)."""
+        if not self.synthetic:
+            return None
+        return (f"model {self.path.name} was trained on synthetic faces only "
+                f"({self.trained_on.get('train_images', '?')} drawn images, no real photographs): its labels "
+                f"for real faces are not meaningful; train on a real dataset (docs/DATASETS.md)")
 
     # --- loading --------------------------------------------------------------------------------
     @classmethod
@@ -117,24 +125,27 @@ class Predictor:
         if itrr_mode is not None and kind != "checkpoint":
             raise EngineError(f"{path}: itrr_mode applies to checkpoints only; a {kind} artifact's mode "
                               f"was fixed at export (python export/build_trt.py --itrr-mode)")
-        dev = _device(device)
+        try:
+            dev = resolve_device(device)
+        except ValueError as e:
+            raise EngineError(str(e)) from None
         return getattr(cls, f"_load_{kind}")(path, dev, itrr_mode)
 
     @classmethod
     def _load_checkpoint(cls, path, device, itrr_mode):
-        from rald_fast.checkpoint import CheckpointError
         from rald_fast.export.artifacts import build_metadata
         from rald_fast.models import load_model
         from rald_fast.models.folded import fold
 
         try:
-            model, cfg, taxonomy, preprocess = load_model(path, device)
+            loaded = load_model(path, device)
         except (CheckpointError, KeyError) as e:
             raise EngineError(f"{path}: not a rald_fast training checkpoint ({e})") from None
-        folded = fold(model, preprocess, itrr_mode).eval()
+        folded = fold(loaded.model, loaded.preprocess, itrr_mode).eval()
         if device.type == "cpu":
             folded = folded.to(memory_format=torch.channels_last)
-        meta = build_metadata(cfg, taxonomy, preprocess, folded.itrr_mode, str(path))
+        meta = build_metadata(loaded.cfg, loaded.taxonomy, loaded.preprocess, folded.itrr_mode, str(path),
+                              trained_on=loaded.provenance)
 
         @torch.no_grad()
         def run(x: torch.Tensor) -> torch.Tensor:
@@ -239,17 +250,10 @@ class Predictor:
                               f"them, got {type(images).__name__}")
         out = np.empty((len(images), s, s, 3), dtype=np.uint8)
         for i, im in enumerate(images):
-            im = np.asarray(im)
-            if im.dtype != np.uint8:
-                raise EngineError(f"image {i}: dtype {im.dtype}, expected uint8 RGB in 0..255 (for 0..1 "
-                                  f"floats use (x * 255).round().astype(np.uint8))")
-            if im.ndim == 2:
-                im = np.repeat(im[:, :, None], 3, axis=2)
-            if im.ndim != 3 or im.shape[2] != 3 or min(im.shape[:2]) < 1:
-                raise EngineError(f"image {i}: shape {im.shape}, expected (H, W, 3) RGB or (H, W) gray")
-            if im.shape[:2] != (s, s):
-                im = np.asarray(Image.fromarray(im).resize((s, s), Image.BILINEAR))
-            out[i] = im
+            try:
+                out[i] = resize_square(as_rgb_array(im, f"image {i}"), s)
+            except ValueError as e:
+                raise EngineError(str(e)) from None
         return torch.from_numpy(out).permute(0, 3, 1, 2).float().contiguous()
 
     def predict(self, images, batch_size: int | None = None) -> Predictions:
@@ -260,11 +264,12 @@ class Predictor:
         return Predictions(probs.numpy(), self.taxonomy)
 
     def predict_faces(self, image, **kwargs):
-        """Every face of one RGB image: detection, crop, prediction (rald_fast/faces.py)."""
-        from rald_fast.faces import predict_faces
+        """Every face of one RGB image: detection, crop, prediction (rald_fast/predict/faces.py)."""
+        from rald_fast.predict.faces import predict_faces
 
         return predict_faces(self, image, **kwargs)
 
     def __repr__(self) -> str:
+        trained = ", SYNTHETIC training data" if self.synthetic else ""
         return (f"Predictor({self.kind}: {self.path}, {self.taxonomy.num_fine} fine labels, "
-                f"{self.preprocess.image_size}px, ITRR {self.itrr_mode}, {self.device})")
+                f"{self.preprocess.image_size}px, ITRR {self.itrr_mode}, {self.device}{trained})")

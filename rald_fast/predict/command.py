@@ -1,6 +1,6 @@
 """`python -m rald_fast.predict --model ARTIFACT INPUT...`: expressions of every face in photos and video.
 
-ARTIFACT is anything `rald_fast.engine.Predictor.load` reads (a training checkpoint, `.onnx`, `.pt2`,
+ARTIFACT is anything `rald_fast.predict.Predictor.load` reads (a training checkpoint, `.onnx`, `.pt2`,
 a TensorRT engine). INPUT is image files, folders (searched recursively for images and videos) and
 video files. Every face is detected (OpenCV's bundled Haar cascade), cropped square with --margin,
 and predicted in batches of --batch-size faces across photos and frames; one row per face goes to
@@ -8,7 +8,9 @@ stdout or --output as CSV or JSON lines (docs/PREDICT.md lists the columns).
 
 Bad inputs (unreadable, not an image, a video that cannot be opened, a missing path) give a
 `skipped:` line on stderr and an `error` row, and the run goes on; the exit status is then 1.
-A photo without a face gives a `no_face` row. --strict stops at the first bad input with an
+A photo without a face gives a `no_face` row. A model trained on synthetic faces only says so: a
+warning on stderr, a first `# ` line in the CSV (a `note` line in JSON lines) and a banner on every
+annotated image. --strict stops at the first bad input with an
 `error:` line and exit status 2, as does a model artifact that cannot be loaded.
 """
 
@@ -20,8 +22,8 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from rald_fast.cli import run_cli
-from rald_fast.faces import DEFAULT_MARGIN, DEFAULT_MIN_FACE
+from rald_fast.cli import add_device_option
+from rald_fast.predict.faces import DEFAULT_MARGIN, DEFAULT_MIN_FACE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, video files")
     p.add_argument("--model", required=True, help="checkpoint, .onnx, .pt2 or TensorRT engine")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
+    add_device_option(p)
     p.add_argument("--backend", help="checkpoint, onnx, pt2, tensorrt or torch_tensorrt "
                                      "(default: from the file's suffix)")
     p.add_argument("--format", default="csv", choices=["csv", "jsonl"], help="(default csv)")
@@ -85,11 +87,12 @@ class PredictRun:
     """One run of the command: inputs in, rows (and drawn copies) out, failures counted."""
 
     def __init__(self, args, predictor, writer, annotator: Annotator | None):
-        from rald_fast.face_pipeline import FacePipeline
-        from rald_fast.faces import HaarFaceDetector
+        from rald_fast.predict.pipeline import FacePipeline
+        from rald_fast.predict.faces import HaarFaceDetector
 
         detector = None if args.no_detect else HaarFaceDetector(min_face=args.min_face)
         self.args, self.writer, self.annotator = args, writer, annotator
+        self.banner = "model trained on synthetic faces only: labels not meaningful" if predictor.synthetic else None
         self.pipe = FacePipeline(predictor, self.emit, detector, args.margin, args.topk,
                                  args.batch_size, keep_images=annotator is not None)
         self.failed: list[str] = []
@@ -97,15 +100,15 @@ class PredictRun:
         self.no_bar = True if args.no_progress else None  # None: bars on a terminal only
 
     def emit(self, frame) -> None:
-        from rald_fast.face_pipeline import face_rows
-        from rald_fast.faces import draw_faces
-        from rald_fast.media import VideoSink, write_image
+        from rald_fast.predict.pipeline import face_rows
+        from rald_fast.predict.faces import draw_faces
+        from rald_fast.predict.media import VideoSink, write_image
 
         t0 = time.perf_counter()
         for row in face_rows(frame):
             self.writer.write(row)
         if self.annotator is not None and frame.image is not None:
-            drawn = draw_faces(frame.image, frame.results)
+            drawn = draw_faces(frame.image, frame.results, self.banner)
             if isinstance(frame.tag, VideoSink):
                 frame.tag.write(drawn)
             else:
@@ -113,7 +116,7 @@ class PredictRun:
         self.pipe.seconds["write"] += time.perf_counter() - t0
 
     def fail(self, source: str, message: str) -> None:
-        from rald_fast.media import MediaError
+        from rald_fast.predict.media import MediaError
 
         if self.args.strict:
             raise MediaError(message)
@@ -135,7 +138,7 @@ class PredictRun:
         self.pipe.flush()
 
     def run_image(self, item) -> None:
-        from rald_fast.media import MediaError, read_image
+        from rald_fast.predict.media import MediaError, read_image
 
         t0 = time.perf_counter()
         try:
@@ -150,7 +153,7 @@ class PredictRun:
     def run_video(self, item) -> None:
         from tqdm import tqdm
 
-        from rald_fast.media import MediaError, VideoReader, VideoSink
+        from rald_fast.predict.media import MediaError, VideoReader, VideoSink
 
         every = self.args.every
         try:
@@ -185,17 +188,20 @@ class PredictRun:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_args(args)
-    from rald_fast.engine import Predictor
-    from rald_fast.face_pipeline import RowWriter
-    from rald_fast.media import list_inputs
+    from rald_fast.predict.predictor import Predictor
+    from rald_fast.predict.pipeline import RowWriter
+    from rald_fast.predict.media import list_inputs
 
     predictor = Predictor.load(args.model, device=args.device, backend=args.backend)
+    note = predictor.provenance_note()
+    if note:
+        print(f"warning: {note}", file=sys.stderr)
     inputs = list_inputs(args.inputs)
     annotator = Annotator(Path(args.annotate)) if args.annotate else None
     with ExitStack() as stack:
         stream = (stack.enter_context(open(args.output, "w", newline="", encoding="utf-8"))
                   if args.output else sys.stdout)
-        run = PredictRun(args, predictor, RowWriter(stream, args.format, args.topk), annotator)
+        run = PredictRun(args, predictor, RowWriter(stream, args.format, args.topk, note), annotator)
         run.run(inputs)
     print(run.summary(), file=sys.stderr)
     if annotator is not None:
@@ -206,6 +212,3 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(run_cli(main))

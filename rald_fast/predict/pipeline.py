@@ -21,8 +21,8 @@ from typing import TextIO
 
 import numpy as np
 
-from rald_fast.faces import (DEFAULT_MARGIN, Box, FaceResult, aligned_crop, crop_face, to_results,
-                             whole_image)
+from rald_fast.predict.faces import DEFAULT_MARGIN, Box, FaceResult, crop_face, to_results, whole_image
+from rald_fast.preprocess import resize_square
 
 STAGES = ("decode", "detect", "crop", "predict", "write")
 
@@ -44,7 +44,7 @@ class FacePipeline:
     """Detect -> crop -> batched predict over a stream of frames.
 
     Args:
-        predictor: a `rald_fast.engine.Predictor`.
+        predictor: a `rald_fast.predict.predictor.Predictor`.
         emit: called with each finished Frame, in input order.
         detector: image -> list[Box]; None treats every image as one aligned crop (`--no-detect`).
         margin: crop margin per side, as a fraction of the face box side.
@@ -74,7 +74,7 @@ class FacePipeline:
         if self.detector is not None:
             self._crops += [crop_face(image, b, self.size, self.margin) for b in boxes]
         else:
-            self._crops.append(aligned_crop(image, self.size))
+            self._crops.append(resize_square(image, self.size))
         self.seconds["detect"] += t1 - t0
         self.seconds["crop"] += time.perf_counter() - t1
         self._queue(Frame(source, index, image if self.keep_images else None, boxes, tag=tag))
@@ -125,12 +125,20 @@ def face_rows(frame: Frame) -> list[dict]:
 
 
 class RowWriter:
-    """Rows as CSV (flat columns, `top1_label`, `top1_prob`, ...) or JSON lines (nested)."""
+    """Rows as CSV (flat columns, `top1_label`, `top1_prob`, ...) or JSON lines (nested).
 
-    def __init__(self, stream: TextIO, fmt: str, topk: int):
+    `note` (the predictor's `provenance_note()`, for a model trained on synthetic faces only) is
+    written first: a `# ` comment line before the CSV header, or a JSON line with status `note`.
+    """
+
+    def __init__(self, stream: TextIO, fmt: str, topk: int, note: str | None = None):
         if fmt not in ("csv", "jsonl"):
             raise ValueError(f"--format must be csv or jsonl, got {fmt!r}")
         self.stream, self.fmt = stream, fmt
+        if note and fmt == "csv":
+            stream.write(f"# {note}\n")
+        elif note:
+            stream.write(json.dumps({"status": "note", "message": note}) + "\n")
         if fmt == "csv":
             tops = [f"top{i}_{part}" for i in range(1, topk + 1) for part in ("label", "prob")]
             self.columns = ["source", "frame", "face", "x", "y", "w", "h", "status", "fine",

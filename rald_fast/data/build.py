@@ -1,0 +1,97 @@
+"""From a config to decoded data: the dataset directory and the train/test splits of a run.
+
+`dataset_root` finds (or, for the synthetic data, generates and caches) the dataset directory;
+`build_data` reads the taxonomy and decodes both splits through the one decode path of
+`rald_fast.data.dataset`, reporting bad images, skips and duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from rald_fast.config import Config
+from rald_fast.data.dataset import Split, load_split
+from rald_fast.hierarchy import Taxonomy, load_taxonomy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Data:
+    """A run's taxonomy, decoded train and test splits, the dataset directory and its kind (`--data`)."""
+
+    taxonomy: Taxonomy
+    train: Split
+    test: Split
+    root: Path
+    kind: str = "labelfile"
+
+    def provenance(self) -> dict:
+        """What a model trained on this data was trained on; checkpoints and artifacts carry it."""
+        return provenance_of(self.kind, self.root, self.taxonomy.name, len(self.train), len(self.test))
+
+
+def provenance_of(kind: str, root, taxonomy: str, train: int, test: int) -> dict:
+    synthetic = kind == "synthetic"
+    what = ("synthetic faces drawn by rald_fast (no real photographs): predictions on real faces mean "
+            "nothing" if synthetic else f"{kind} data from {root}")
+    return {"data": kind, "synthetic": synthetic, "root": str(root), "taxonomy": taxonomy,
+            "train_images": train, "test_images": test, "description": what}
+
+
+def dataset_root(cfg: Config, taxonomy: Taxonomy | None) -> Path:
+    """The dataset directory: train.csv / test.csv for synthetic (generated or found cached) and
+    labelfile data, the dataset's own layout for the readers (docs/DATASETS.md)."""
+    d = cfg.data
+    if d.data == "synthetic":
+        from rald_fast.data.synthetic import SyntheticConfig, generate
+
+        if taxonomy is None or taxonomy.is_flat:
+            raise ValueError("--data synthetic needs a hierarchical --taxonomy (fine -> coarse)")
+        scfg = SyntheticConfig(image_size=d.image_size, train_per_class=d.synth_train_per_class,
+                               test_per_class=d.synth_test_per_class, flip_prob=d.synth_flip_prob,
+                               seed=d.synth_seed, difficulty=d.synth_difficulty,
+                               fine_offset_scale=d.synth_fine_offset,
+                               taxonomy=taxonomy.children())
+        return generate(scfg, Path(d.data_root) if d.data_root else None)
+    if not d.data_root:
+        what = "holding train.csv and test.csv" if d.data == "labelfile" else \
+            "(its layouts: docs/DATASETS.md)"
+        raise ValueError(f"--data {d.data} needs --data-root DIR {what}")
+    root = Path(d.data_root)
+    if d.data != "labelfile" and not root.is_dir():
+        raise ValueError(f"--data-root {root}: no such directory")
+    return root
+
+
+def build_data(cfg: Config) -> Data:
+    """Taxonomy and decoded train/test splits; bad images, duplicates and skips are reported."""
+    from rald_fast.data.dataset import class_balanced_weights, report_duplicates
+    from rald_fast.data.readers import default_taxonomy, split_source
+
+    d = cfg.data
+    if d.data in ("synthetic", "labelfile"):  # the generator needs the taxonomy first
+        taxonomy = load_taxonomy(d.taxonomy or "fg-emotions")
+        root = dataset_root(cfg, taxonomy)
+    else:
+        root = dataset_root(cfg, None)
+        taxonomy = default_taxonomy(d, root)
+    splits = {}
+    for which in ("train", "test"):
+        policy = d.on_bad_image if d.on_bad_image != "auto" else \
+            ("skip" if which == "train" else "fail")
+        splits[which] = load_split(split_source(d, taxonomy, which, root), taxonomy, d.image_size,
+                                   cfg.run.progress, on_bad_image=policy, workers=d.workers)
+    report_duplicates(splits)
+    skipped = {w: len(s.skipped) for w, s in splits.items() if s.skipped}
+    if skipped:
+        log.warning("data: skipped %s undecodable image(s) (%s)", sum(skipped.values()),
+                    ", ".join(f"{w} {n}" for w, n in skipped.items()))
+    if d.balanced:
+        splits["train"].sample_weights = class_balanced_weights(splits["train"].labels,
+                                                                taxonomy.num_fine)
+    log.info("data %s: %s train / %s test images, taxonomy %s (%d fine labels)", d.data,
+             len(splits["train"]), len(splits["test"]), taxonomy.name, taxonomy.num_fine)
+    return Data(taxonomy, splits["train"], splits["test"], root, d.data)

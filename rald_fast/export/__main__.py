@@ -1,0 +1,8 @@
+"""`python -m rald_fast.export`: the same command as `python export/build_trt.py` (see --help)."""
+
+import sys
+
+from rald_fast.cli import run_cli
+from rald_fast.export.build import main
+
+sys.exit(run_cli(main))

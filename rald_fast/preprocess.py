@@ -1,0 +1,124 @@
+"""The one preprocessing path from an image file to the model's input, shared by every stage.
+
+    file --decode--> upright RGB --crop (optional face box)--> resize S x S --normalise--> model
+
+Training, evaluation, reference-bank building, folding, every exported artifact, the predictor and
+the face pipeline all go through these functions, so a photo gives the same numbers everywhere:
+
+- `open_rgb`: PIL decode, EXIF orientation applied (phone photos), converted to RGB (grey,
+  palette and RGBA included); a dataset's face box, in the stored image's pixels, is cropped first.
+- `resize_square`: PIL bilinear to S x S (the one resize).
+- `normalize`: (pixels / 255 - mean) / std (the one formula), for a uint8 batch in training and
+  evaluation and inside the graph of the folded model and every artifact (float 0..255 input).
+- `Preprocess`: input size, mean/std, channel order and layout; stored in every checkpoint and
+  artifact so that no consumer can drift from training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from rald_fast.errors import DataError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# file suffixes read as images by the dataset readers and the predictor
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+
+Box = tuple[float, float, float, float]  # face box (x0, y0, x1, y1) in pixels of the stored image
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """What turns an image into the model's input; travels with the weights."""
+
+    image_size: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    channel_order: str = "RGB"
+    layout: str = "NCHW"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocess:
+        return cls(d["image_size"], tuple(d["mean"]), tuple(d["std"]), d.get("channel_order", "RGB"),
+                   d.get("layout", "NCHW"))
+
+    def stats(self, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """mean and std as (1, 3, 1, 1) float32 tensors."""
+        return (torch.tensor(self.mean, device=device).view(1, 3, 1, 1),
+                torch.tensor(self.std, device=device).view(1, 3, 1, 1))
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (or float 0..255) (N, 3, S, S) -> float32 (N, 3, S, S), standardised."""
+        return normalize(images.float(), *self.stats(images.device))
+
+    def load(self, path: str | Path, box: Box | None = None) -> np.ndarray:
+        """(S, S, 3) uint8 RGB of an image file, as training decodes it."""
+        return resize_square(open_rgb(path, box), self.image_size)
+
+
+def normalize(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """(pixels / 255 - mean) / std: float pixels in 0..255, mean and std broadcastable (1, 3, 1, 1)."""
+    return (pixels / 255.0 - mean) / std
+
+
+def open_rgb(path: str | Path, box: Box | None = None) -> Image.Image:
+    """An image file as an upright RGB PIL image, cropped to `box` (stored pixels) when given.
+
+    DataError names the file: missing, not an image, truncated, or a box with nothing inside.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            if box is not None:
+                im = im.crop(_clamp_box(box, im.size, path))
+            im = ImageOps.exif_transpose(im)
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file not found") from None
+    except DataError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: cannot decode image ({e})") from None
+
+
+def _clamp_box(box: Box, size: tuple[int, int], path: Path) -> tuple[int, int, int, int]:
+    """Integer box inside the image; a box with (almost) nothing inside it is an error."""
+    w, h = size
+    x0, y0 = max(0, int(np.floor(box[0]))), max(0, int(np.floor(box[1])))
+    x1, y1 = min(w, int(np.ceil(box[2]))), min(h, int(np.ceil(box[3])))
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        raise DataError(f"{path}: face box {tuple(round(float(v), 1) for v in box)} lies outside "
+                        f"the {w}x{h} image")
+    return x0, y0, x1, y1
+
+
+def as_rgb_array(image, what: str = "image") -> np.ndarray:
+    """(H, W, 3) uint8 RGB from a PIL image or a uint8 array (H, W), (H, W, 3) or (H, W, 4)."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(f"{what}: dtype {image.dtype}, expected uint8 RGB in 0..255 (for 0..1 floats "
+                         f"use (x * 255).round().astype(np.uint8))")
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] not in (3, 4) or min(image.shape[:2]) < 1:
+        raise ValueError(f"{what}: shape {image.shape}, expected (H, W, 3) RGB or (H, W) grey")
+    return np.ascontiguousarray(image[..., :3])
+
+
+def resize_square(image, size: int) -> np.ndarray:
+    """(size, size, 3) uint8: a PIL image or (H, W, 3) uint8 array resized whole, PIL bilinear."""
+    im = image if isinstance(image, Image.Image) else Image.fromarray(np.ascontiguousarray(image))
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.BILINEAR)
+    return np.asarray(im, dtype=np.uint8)
