@@ -31,6 +31,14 @@ setup(
         "onnxscript>=0.5",
         "onnxruntime>=1.18",
     ],
+    entry_points={"console_scripts": [
+        "rald-train = rald_fast.train.command:cli",
+        "rald-evaluate = rald_fast.evaluate.command:cli",
+        "rald-bank = rald_fast.evaluate.command:bank_cli",
+        "rald-predict = rald_fast.predict.command:cli",
+        "rald-export = rald_fast.export.build:cli",
+        "rald-experiments = rald_fast.experiments.__main__:cli",
+    ]},
     extras_require={
         "test": ["pytest>=8", "pytest-benchmark>=4", "scipy>=1.11", "pytest-timeout>=2", "scikit-image>=0.22"],
         # optional GPU back-ends, never installed by the tests (no GPU on the CI machine): a

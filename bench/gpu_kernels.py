@@ -10,8 +10,8 @@
 - "attention" / "topk": one row per (case, implementation, mode), bf16, timed three ways: do_bench
   (median and 20/80 % quantiles, ms), a launch-bound loop of back-to-back calls (`loop_ms`) and CUDA
   graph replay (`graph_ms`); TFLOP/s, peak extra memory, and whether TF32 was on (`tf32`);
-- "targets": issue 4/15's targets per timing kind (fwd+bwd >= 3x eager and >= compiled flex_attention;
-  top-k over 65,536 keys >= 5x the PyTorch path: matmul, softmax, head mean, topk, gather).
+- "targets": the kernel targets of docs/PERFORMANCE.md per timing kind (fwd+bwd >= 3x eager and
+  >= compiled flex_attention; top-k over 65,536 keys >= 5x the PyTorch path: matmul, softmax, head mean, topk, gather).
 Every step is guarded: an error is recorded under "errors" and the run goes on, so one device session
 returns everything it could measure; the suite's alarm (TimeoutError) is not swallowed but ends the
 run, and `save` is called after every row, so what was measured is on disk.
@@ -217,7 +217,7 @@ def bench_topk(out: dict, cases, rep_ms: int, save=None) -> None:
 
 
 def summarise_targets(out: dict) -> dict:
-    """Issue 4 / 15 targets from the rows, per timing kind (do_bench, launch-bound loop, graph)."""
+    """The targets of docs/PERFORMANCE.md from the rows, per timing kind (do_bench, launch-bound loop, graph)."""
     rows = out.get("attention", []) + out.get("topk", [])
     targets = {}
     for kind in ("ms", "loop_ms", "graph_ms"):

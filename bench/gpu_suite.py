@@ -1,4 +1,4 @@
-"""One prepared GPU session (issue 8): kernels, training and inference speed, in one JSON file.
+"""One prepared GPU session: kernels, training and inference speed, in one JSON file.
 
 Run from a plain checkout (no `pip install`; the repository root goes on sys.path), on one GPU:
 

@@ -1,6 +1,6 @@
 """Benchmark cases of the two kernels at RALD's shapes, shared by bench_kernels.py and gpu_kernels.py.
 
-Shapes (SPEC 3-4, issue 4): h = 8 heads of d = 64, C = 39 label tokens (6 coarse + 33 fine), batches
+Shapes (paper sections 3-4): h = 8 heads of d = 64, C = 39 label tokens (6 coarse + 33 fine), batches
 of N = 128 / 256 images, ITRR over a reference bank of 4,096 or 65,536 keys, NNLDL with k = 5.
 Each attention case is run by up to four implementations:
 - "eager": `attention_ref`, the PyTorch composite (matmul, bias gather, softmax, matmul);
@@ -24,8 +24,8 @@ import torch.nn.functional as F
 
 from rald_fast.kernels import attention, attention_ref, neighbour_targets, neighbour_targets_ref
 
-SCALE = 0.125  # SPEC: lambda = 1 / sqrt(64)
-SIGMA = 500  # SPEC 3.2: bucket of unreachable label pairs; table size sigma + 1
+SCALE = 0.125  # lambda = 1 / sqrt(64)
+SIGMA = 500  # eq. (9): bucket of unreachable label pairs; table size sigma + 1
 
 
 @functools.lru_cache(maxsize=1)
@@ -93,7 +93,7 @@ TOPK_CASES = [
 
 
 def label_xi(Lq: int = 39, Lk: int | None = None, sigma: int = SIGMA) -> torch.Tensor:
-    """An (Lq, Lk) xi table with the structure of FG-Emotions' label graph (SPEC 3.2): the 39-node
+    """An (Lq, Lk) xi table with the structure of FG-Emotions' label graph (eq. 9): the 39-node
     table (6 coarse + 33 fine nodes) for Lq = Lk = 39, cropped or tiled (index modulo 39) for the
     odd-sized bias cases (Lq = 5, Lk = 7, ...)."""
     Lk = Lq if Lk is None else Lk

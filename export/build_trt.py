@@ -10,8 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rald_fast.cli import run_cli  # noqa: E402
-from rald_fast.export.build import main  # noqa: E402
+from rald_fast.export.build import cli  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(cli())

@@ -5,8 +5,7 @@ Kept as its own command name; the work is `rald_fast.evaluate.command.bank_main`
 
 import sys
 
-from rald_fast.cli import run_cli
-from rald_fast.evaluate.command import bank_main as main
+from rald_fast.evaluate.command import bank_cli
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(bank_cli())

@@ -124,7 +124,7 @@ def load_checkpoint(path: str | Path, option: str = "--checkpoint") -> Checkpoin
 
 def _from_format_1(state: dict) -> dict:
     """Format 1 kept ITRR's reference bank under "itrr_bank" and NNLDL's memory under "bank"."""
-    state = dict(state)
+    state = dict(state, format=FORMAT)
     bank = state.pop("itrr_bank", None)
     state["nnldl_memory"] = state.pop("bank", None)
     model = dict(state["model"])

@@ -1,12 +1,15 @@
 """Typed configuration: nested dataclasses, presets, command-line overrides.
 
-Every hyper-parameter of the paper (SPEC 5) is a field here with its default commented. The command
-line exposes each field as `--field-name` (field names are unique across sections); unknown options are
-rejected by argparse, and the resolved config is saved beside every run and inside every checkpoint.
+Every hyper-parameter of the paper (section 4.3.2, the training setup; docs/DESIGN.md compares
+`--preset paper` with it row by row) is a field here, with its default and a one-line description
+(the field's `help` metadata, which is the option's `--help` text). The command line exposes each
+field as `--field-name` (field names are unique across sections); unknown options are rejected by
+argparse, and the resolved config is saved beside every run and inside every checkpoint.
 
 Two kinds of preset combine:
 - a schedule preset (`--preset`): `quick` (the default: trains on the built-in synthetic data on a
-  2-core CPU in minutes) or `paper` (SPEC 5: batch 128, SGD 0.9, lr 0.01, 300 epochs, step every 100);
+  2-core CPU in minutes) or `paper` (section 4.3.2 of the paper: batch 128, SGD 0.9, lr 0.01,
+  300 epochs, step every 100);
 - a model variant (`--variant`): which of ITRR / HLRR / LGIFO / NNLDL are on (Table 3 rows a-g, the
   full model `rald`, and `rald-l` for flat label sets).
 """
@@ -15,93 +18,110 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import textwrap
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional, get_type_hints
 
 
+def _opt(default: Any, doc: str) -> Any:
+    """A config field with a one-line description `doc` (its `--help` text); the default is unchanged."""
+    return field(default=default, metadata={"help": doc})
+
+
 @dataclass
 class ModelConfig:
-    backbone_weights: Optional[str] = None  # local ResNet18 state dict; None = random init
-    dim: int = 512                          # ResNet18 pooled feature size = model dim D
-    heads: int = 8                          # h; D / h = 64 per head
-    scale: float = 0.125                    # lambda of eqs. (4), (8), (14) = 1/sqrt(64)
-    sigma: int = 500                        # xi bucket for unreachable label pairs, eq. (9)
-    itrr: bool = True                       # image topological relations, eqs. (3)-(7)
-    hlrr: bool = True                       # hierarchy-aware label relations, eqs. (8)-(12)
-    lgifo: bool = True                      # label-guided image features, eqs. (13)-(17)
-    hierarchy_bias: bool = True             # b[xi] in eq. (8); off for RALD-L (flat labels)
-    input_residual: bool = True             # add the block input to M; the paper adds none, and
-                                            # without it RALD does not train (docs/DESIGN.md)
-    dropout: float = 0.1                    # FFN dropout inside the attention blocks
-    label_vectors: str = "glove50"          # glove50 | spacy300 (bundled) | onehot | a vectors file
-    xi_reading: str = "spd"                 # eq. (9): spd = shortest path for every reachable pair
-                                            # (siblings 2); literal = SPD only along an edge, sigma else
+    backbone_weights: Optional[str] = _opt(
+        None, "local ResNet18 state-dict file for the backbone (none: random init, as in the paper's 4.3.2)")
+    dim: int = _opt(512, "model dim D = ResNet18's pooled feature size")
+    heads: int = _opt(8, "attention heads h of ITRR, HLRR and LGIFO; D / h = 64 per head")
+    scale: float = _opt(0.125, "lambda of eqs. (4), (8), (14): attention logit scale, 1/sqrt(D/h)")
+    sigma: int = _opt(500, "xi of label pairs joined by no path, eq. (9); the bias table has sigma + 1 rows")
+    itrr: bool = _opt(True, "ITRR: image topological relations across the batch, eqs. (3)-(7)")
+    hlrr: bool = _opt(True, "HLRR: hierarchy-aware label relations, eqs. (8)-(12); needs --lgifo")
+    lgifo: bool = _opt(True, "LGIFO: label-guided image features, eqs. (13)-(17)")
+    hierarchy_bias: bool = _opt(True, "HLRR's hierarchy bias b[xi] of eq. (8); off for flat labels (RALD-L)")
+    # the paper's blocks (eqs. 7, 12, 17) add none; without it RALD does not train (docs/DESIGN.md)
+    input_residual: bool = _opt(
+        True, "add each attention block's input to M (the paper adds none: docs/DESIGN.md, 'The input residual')")
+    dropout: float = _opt(0.1, "dropout inside the FFN of the attention blocks")
+    label_vectors: str = _opt(
+        "glove50", "label word vectors S of eq. (2): glove50 | spacy300 (bundled) | onehot | a vectors file")
+    xi_reading: str = _opt(
+        "spd", "eq. (9): spd = shortest path for every reachable pair (siblings 2) | literal = along an edge only")
 
 
 @dataclass
 class LossConfig:
-    nnldl: bool = True          # nearest-neighbour label distribution loss, eqs. (18)-(19)
-    k: int = 5                  # neighbours per image (Fig. 6)
-    nnldl_weight: float = 1.0   # weight of L_KL in L = CE + L_KL (eq. 21 uses 1)
-    nnldl_grad: bool = False    # let gradients flow through the target D (SPEC 4: stop-gradient)
-    nnldl_bank: int = 0         # also draw neighbours from the last M training images (0: batch only)
-    nnldl_relation: str = "attention"  # what ranks neighbours: attention (R_v as printed: ITRR's
-                                       # head-mean softmax) | symmetric (R_v + R_v^T) | cosine-f
-                                       # (backbone features F) | cosine-ftilde (ITRR output F~)
-    nnldl_tau: float = 0.1      # temperature of the cosine relations' softmax weights
-    nnldl_warmup: int = 0       # epochs of CE alone before L_KL starts
+    nnldl: bool = _opt(True, "NNLDL: nearest-neighbour label distribution loss, eqs. (18)-(19); needs --itrr")
+    k: int = _opt(5, "neighbours per image in NNLDL's target D, eq. (18) (Fig. 6 sweeps it)")
+    nnldl_weight: float = _opt(1.0, "weight of L_KL in L = CE + weight * L_KL (eq. (21) uses 1)")
+    # the paper does not say; docs/DESIGN.md reads D of eq. (18) as a stop-gradient target
+    nnldl_grad: bool = _opt(False, "let gradients flow through NNLDL's target D (off: stop-gradient)")
+    nnldl_bank: int = _opt(0, "size M of NNLDL's memory: also draw neighbours from the last M training "
+                              "images (0: the batch only)")
+    nnldl_relation: str = _opt(
+        "attention", "what ranks NNLDL neighbours: attention (R_v as printed: ITRR's head-mean softmax) | "
+                     "symmetric (R_v + R_v^T) | cosine-f (backbone features F) | cosine-ftilde (ITRR output)")
+    nnldl_tau: float = _opt(0.1, "temperature of the cosine relations' softmax neighbour weights")
+    nnldl_warmup: int = _opt(0, "epochs of CE alone before L_KL starts")
 
 
 @dataclass
 class DataConfig:
-    data: str = "synthetic"     # synthetic | labelfile | rafdb | affectnet | fgemotions | folder
-    data_root: Optional[str] = None  # dataset dir (docs/DATASETS.md) or synthetic cache dir
-    taxonomy: Optional[str] = None   # built-in name or JSON/YAML file; None = the dataset's own
-                                     # (fg-emotions, basic7, affectnet8 or the class folders)
-    image_size: int = 64        # network input side; the paper uses 224 on real faces
-    synth_train_per_class: int = 60
-    synth_test_per_class: int = 20
-    synth_flip_prob: float = 0.1     # share of ambiguous (flipped) training labels
-    synth_seed: int = 0
-    synth_difficulty: float = 1.0    # scales identity/pose/lighting/occlusion nuisance
-    synth_fine_offset: float = 1.0   # scales the differences between fine classes of one group
-    hflip: bool = True          # random horizontal flip during training
-    workers: int = 0            # image decode threads (images are decoded once, kept in memory)
-    train_split: str = "auto"   # split name; auto = train (AffectNet training|train_set)
-    test_split: str = "auto"    # auto = test (or val), AffectNet validation|val_set
-    on_bad_image: str = "auto"  # skip | fail on an undecodable image; auto = skip train, fail test
-    balanced: bool = False      # class-balanced sampling of the training split (AffectNet)
-    affectnet_classes: int = 7  # 7 (drop contempt) or 8; codes 8-10 (none, uncertain, no face) go
-    rafdb_images: str = "aligned"  # aligned (Image/aligned) | original (Image/original, uncropped)
+    data: str = _opt("synthetic", "dataset: synthetic | labelfile | rafdb | affectnet | fgemotions | folder")
+    data_root: Optional[str] = _opt(
+        None, "dataset directory (docs/DATASETS.md); synthetic data: its cache (none: $RALD_FAST_CACHE or ~/.cache)")
+    taxonomy: Optional[str] = _opt(
+        None, "label taxonomy: built-in name or JSON/YAML file (none: the dataset's own, e.g. fg-emotions)")
+    image_size: int = _opt(64, "side of the square network input in pixels (the paper states none)")
+    synth_train_per_class: int = _opt(60, "synthetic data: training images per fine class")
+    synth_test_per_class: int = _opt(20, "synthetic data: test images per fine class")
+    synth_flip_prob: float = _opt(0.1, "synthetic data: share of training labels flipped to a near class")
+    synth_seed: int = _opt(0, "synthetic data: generation seed (the class prototypes do not depend on it)")
+    synth_difficulty: float = _opt(1.0, "synthetic data: scales identity/pose/lighting/occlusion nuisance")
+    synth_fine_offset: float = _opt(1.0, "synthetic data: scales the differences between fine classes of a group")
+    hflip: bool = _opt(True, "random horizontal flip of training images")
+    workers: int = _opt(0, "image decode threads (0: this thread; images are decoded once, kept in memory)")
+    train_split: str = _opt("auto", "training split name; auto = train (AffectNet: training|train_set)")
+    test_split: str = _opt("auto", "test split name; auto = test or val (AffectNet: validation|val_set)")
+    on_bad_image: str = _opt("auto", "undecodable image: skip | fail; auto = skip in training, fail in test")
+    balanced: bool = _opt(False, "class-balanced sampling of the training split (AffectNet)")
+    affectnet_classes: int = _opt(
+        7, "AffectNet classes: 7 (drop contempt) or 8; codes 8-10 (none, uncertain, no face) always go")
+    rafdb_images: str = _opt(
+        "aligned", "RAF-DB images: aligned (Image/aligned) | original (Image/original, uncropped)")
 
 
 @dataclass
 class OptimConfig:
-    epochs: int = 300
-    batch_size: int = 128
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-3  # reading of "衰减系数为5e-3": see docs/DESIGN.md
-    lr_step: int = 100          # decay the lr every lr_step epochs
-    lr_gamma: float = 0.1       # multiplicative lr decay
-    attn_lr_mult: float = 1.0   # lr multiplier of ITRR/HLRR/LGIFO and the label projection
+    epochs: int = _opt(300, "training epochs")
+    batch_size: int = _opt(128, "training batch size (global under torchrun; ITRR and NNLDL relate its images)")
+    lr: float = _opt(0.01, "SGD learning rate of the backbone (the attention side: lr x attn-lr-mult)")
+    momentum: float = _opt(0.9, "SGD momentum (the paper states none: docs/DESIGN.md)")
+    # the paper's "衰减系数为5e-3" read as weight decay: docs/DESIGN.md
+    weight_decay: float = _opt(5e-3, "SGD weight decay (the paper's 'decay coefficient 5e-3': docs/DESIGN.md)")
+    lr_step: int = _opt(100, "multiply the lr by lr-gamma every lr-step epochs")
+    lr_gamma: float = _opt(0.1, "multiplicative lr decay of each step")
+    attn_lr_mult: float = _opt(
+        1.0, "lr multiplier of ITRR/HLRR/LGIFO, the label projection, bias table and fine head (docs/DESIGN.md)")
 
 
 @dataclass
 class RunConfig:
-    out: str = "runs/rald"      # output directory of the run
-    seed: int = 0
-    device: str = "auto"        # auto | cpu | cuda
-    eval_every: int = 1         # epochs between test evaluations
-    eval_batch_size: int = 128  # batch size at test time (ITRR mixes a batch: it matters)
-    threads: int = 0            # torch CPU threads; 0 = torch's default
-    channels_last: bool = True  # NHWC convolutions: about 2x faster on this CPU and on GPUs
-    progress: bool = True       # tqdm progress bars
-    amp: str = "none"           # autocast of forward + loss: none | bf16 | fp16 (fp16 adds a grad scaler)
-    compile: bool = False       # torch.compile the backbone and the head of the training step
-    pin_memory: bool = True     # CUDA: pinned host batches, non-blocking copies
-    reference_bank: int = -1    # ITRR reference bank stored with the final checkpoint (batch-
-                                # independent inference): M images; -1 = batch_size - 1, 0 = none
+    out: str = _opt("runs/rald", "output directory of the run (config, metrics, checkpoints)")
+    seed: int = _opt(0, "seed of model init, batch order, augmentation and the test batch order")
+    device: str = _opt("auto", "auto (cuda if available) | cpu | cuda")
+    eval_every: int = _opt(1, "epochs between test evaluations (the last epoch is always evaluated)")
+    eval_batch_size: int = _opt(128, "test batch size (ITRR mixes the images of a batch: it matters)")
+    threads: int = _opt(0, "torch CPU threads (0: torch's default)")
+    channels_last: bool = _opt(True, "NHWC convolutions: about 2x faster on a CPU and on GPUs")
+    progress: bool = _opt(True, "tqdm progress bars")
+    amp: str = _opt("none", "autocast of forward + loss: none | bf16 | fp16 (fp16 adds a grad scaler)")
+    compile: bool = _opt(False, "torch.compile the backbone and the head of the training step")
+    pin_memory: bool = _opt(True, "CUDA: pinned host batches, non-blocking copies")
+    reference_bank: int = _opt(
+        -1, "ITRR reference bank (batch-independent inference) saved with the final checkpoint: M training "
+            "images; -1 = batch size - 1, 0 = none")
 
 
 @dataclass
@@ -134,7 +154,7 @@ class Config:
 
 # --- presets ---------------------------------------------------------------------------------
 SCHEDULES: dict[str, dict[str, Any]] = {
-    # SPEC 5 (section 4.2 of the paper)
+    # the paper's training setup, section 4.3.2 (what it leaves open: docs/DESIGN.md, `--preset paper`)
     "paper": dict(epochs=300, batch_size=128, lr=0.01, lr_step=100, lr_gamma=0.1,
                   weight_decay=5e-3, image_size=224),
     # the no-argument run: synthetic data, 2-core CPU, a few minutes; also the budget of the
@@ -241,20 +261,59 @@ def validate(cfg: Config) -> None:
 
 
 # --- command line ----------------------------------------------------------------------------
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One `--field-name` option per config field (defaults come from preset + variant)."""
-    parser.add_argument("--preset", default="quick", choices=list(SCHEDULES),
-                        help="schedule preset (default: quick, a few minutes on a 2-core CPU)")
-    parser.add_argument("--variant", default="rald", choices=list(VARIANTS),
-                        help="model variant: Table 3 rows a-g, rald (all modules), rald-l (flat)")
-    for sub in _sections(Config()):
+def _show(value: Any) -> str:
+    """A default as the command line spells it: on/off for switches, none for an unset path."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "none" if value is None else str(value)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, preset: str = "quick", variant: str | None = "rald",
+                         help_overrides: dict[str, str] | None = None) -> None:
+    """One `--field-name` option per config field, plus `--preset` and `--variant`.
+
+    Only the help text depends on `preset` and `variant`: each option's help is the field's description
+    and the value that preset and variant give it (`variant=None`: the preset alone, for commands that
+    set the variant per run; `help_overrides`: whole help texts by field name, for a command that gives
+    an option another meaning). The parsed values do not: options left out stay absent from the namespace
+    and `config_from_args` resolves them from the `--preset` and `--variant` actually given.
+    """
+    if variant is not None:
+        shown = make_config(preset, variant)
+    else:  # defaults, then the schedule preset alone
+        make_config(preset)  # rejects an unknown preset
+        shown = Config(preset=preset)
+        for k, v in SCHEDULES[preset].items():
+            set_option(shown, k, v)
+    where = f"{preset}/{variant}" if variant is not None else f"the {preset} preset"
+    variant_keys = {k for v in VARIANTS.values() for k in v}
+    if variant is not None:
+        how = (f"Each option below defaults to the value that --preset {preset} --variant {variant} gives it, "
+               f"shown as '(default in {where}: VALUE)'; `--preset P --variant V --help` shows another "
+               f"pair's (e.g. --preset quick --variant a --help).")
+    else:
+        how = (f"Each option below shows the value that the {preset} preset gives it, as '(default in {where}: "
+               f"VALUE)'; another --preset changes it (`python -m rald_fast.train --preset paper --help` "
+               f"lists the paper preset's), and each run's variant sets the module switches unless given.")
+    # pre-wrapped: a RawDescriptionHelpFormatter (the train command's) prints it as given
+    g = parser.add_argument_group("preset and variant", textwrap.fill(how, 78))
+    g.add_argument("--preset", default="quick", choices=list(SCHEDULES),
+                   help="schedule preset: quick (the default: synthetic data, a few minutes on a 2-core CPU), "
+                        "paper (the paper's section 4.3.2), tiny (tests: seconds)")
+    g.add_argument("--variant", default="rald", choices=list(VARIANTS),
+                   help="model variant: Table 3 rows a-g (baseline = a), rald (all modules), rald-l (flat labels)"
+                        + ("" if variant is not None else "; not used here: each run sets its own"))
+    for sub, eff in zip(_sections(Config()), _sections(shown)):
         hints = get_type_hints(type(sub))
         group = parser.add_argument_group(type(sub).__name__.removesuffix("Config").lower())
         for f in fields(sub):
             flag = "--" + f.name.replace("_", "-")
             typ = hints[f.name]
-            kw: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS,
-                                      help=f"(default {getattr(sub, f.name)!r} before presets)")
+            note = f"default in {where}: {_show(getattr(eff, f.name))}"
+            if variant is None and f.name in variant_keys:
+                note += ", unless the run's variant sets it"
+            text = (help_overrides or {}).get(f.name, f"{f.metadata['help']} ({note})").replace("%", "%%")
+            kw: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=text)
             if typ is bool:
                 group.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
             elif typ == Optional[str]:

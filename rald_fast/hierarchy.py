@@ -1,9 +1,10 @@
 """Label taxonomies and the structural index table xi of equation (9).
 
-SPEC 1: the label graph G has the coarse and the fine labels as nodes and an edge between every coarse
+The label graph G (paper section 3) has the coarse and the fine labels as nodes and an edge between every coarse
 label and each of its fine labels. The model predicts fine labels only; coarse labels are derived.
-SPEC 3.2: HLRR adds a learnable bias b[xi(v_i, v_j)] to its attention logits, where xi is 0 on the
-diagonal, the shortest-path distance where v_j is reachable from v_i, and sigma (500) where it is not.
+HLRR (eqs. 8-10) adds a learnable bias b[xi(v_i, v_j)] to its attention logits, where xi is 0 on the
+diagonal, the shortest-path distance where v_j is reachable from v_i, and sigma (500) where it is not
+(docs/DESIGN.md, "Eq. (9)", gives this reading and the literal one, `--xi-reading literal`).
 
 Built in: FG-Emotions (6 coarse / 33 fine, Table 1 of the paper, with the valence level kept as
 metadata) and the 7 (or 8, with contempt) flat basic classes of RAF-DB and AffectNet. A user's own
@@ -21,9 +22,9 @@ import numpy as np
 
 from rald_fast.errors import TaxonomyError
 
-SIGMA = 500  # xi value for unreachable pairs (SPEC 3.2); the bias table has SIGMA + 1 entries
+SIGMA = 500  # xi value for unreachable pairs (eq. 9); the bias table has SIGMA + 1 entries
 
-# valence -> coarse -> fine, in the order of the paper's Table 1 (SPEC 1)
+# valence -> coarse -> fine, in the order of the paper's Table 1
 FG_EMOTIONS = {
     "unpleasant": {
         "fear": ["anxiety", "worry", "panic", "terror", "nervous"],

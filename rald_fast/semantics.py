@@ -1,6 +1,6 @@
 """Label semantic encoder F_s of equation (2): frozen pre-trained word vectors, one row per label node.
 
-SPEC 2: each label of the graph G gets a pre-trained word vector, S in R^{C x E}, with no gradient.
+Paper eq. (2): each label of the graph G gets a pre-trained word vector, S in R^{C x E}, with no gradient.
 EVERY coarse label takes the mean of its fine labels' vectors (paper section 4.2: "将每个粗粒度标签所属
 细粒度的特征进行平均"); fine labels take their own word's vector.
 

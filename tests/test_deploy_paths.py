@@ -1,4 +1,4 @@
-"""The card's other deployment paths (issue 15): a TorchScript `.ts` artifact (Python and C++), the ONNX
+"""The card's other deployment paths: a TorchScript `.ts` artifact (Python and C++), the ONNX
 file under OpenCV DNN (loaded in a subprocess, so a crash fails a test instead of killing pytest).
 
 The tiny checkpoint and its artifacts come from one build per session, shared with

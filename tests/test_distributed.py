@@ -137,4 +137,4 @@ def test_torchrun_stop_then_resume_with_another_world_size(tmp_path):
     assert "finished 2 epochs" in proc.stdout
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
-    assert load_checkpoint(run / "last.pt")["epoch"] == 2
+    assert load_checkpoint(run / "last.pt").epoch == 2

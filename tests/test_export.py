@@ -1,4 +1,4 @@
-"""Export and the engine (issue 5, items 3-5): ONNX and .pt2 parity, metadata, every backend agreeing,
+"""Export and the predictor: ONNX and .pt2 parity, metadata, every backend agreeing,
 the C++ example against Python, and a clear message for each bad input."""
 
 import json

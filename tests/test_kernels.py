@@ -32,7 +32,7 @@ INTERPRETED = kernels.interpret_mode()
 needs_triton = pytest.mark.skipif(not kernels.HAS_TRITON, reason="triton not installed")
 needs_cuda = pytest.mark.skipif(not (torch.cuda.is_available() and kernels.HAS_TRITON) or INTERPRETED,
                                 reason="needs CUDA + triton, compiled (not interpreted)")
-SCALE = 0.125  # SPEC: lambda = 1/sqrt(64)
+SCALE = 0.125  # lambda = 1/sqrt(64)
 FP32_TOL = dict(atol=1e-5, rtol=1e-4)
 DBIAS_TOL = dict(atol=1e-4, rtol=1e-4)
 
@@ -52,7 +52,7 @@ def composite(monkeypatch):
 
 
 def rald_xi(sigma: int = 500) -> torch.Tensor:
-    """xi of FG-Emotions' label graph (SPEC 1, 3.2): 6 coarse + 33 fine nodes, C = 39."""
+    """xi of FG-Emotions' label graph (eq. 9): 6 coarse + 33 fine nodes, C = 39."""
     sizes = [5, 7, 9, 3, 6, 3]
     parent = [c for c, n in enumerate(sizes) for _ in range(n)]  # coarse parent of each fine label
     C = len(sizes) + len(parent)

@@ -1,4 +1,4 @@
-"""NNLDL neighbour targets (rald_fast.kernels.topk, SPEC 4, eq. 18): streaming Triton vs reference.
+"""NNLDL neighbour targets (rald_fast.kernels.topk, paper eq. 18): streaming Triton vs reference.
 
 Device handling as in test_kernels.py: the `device` fixture gives CPU tensors under the interpreter
 (tests/conftest.py turns it on for a session without CUDA) and CUDA tensors in a CUDA session. Indices must match the
@@ -142,7 +142,7 @@ def test_clamping_and_empty(request, impl):
         request.getfixturevalue("interpret")
     fn = neighbour_targets_ref if impl == "reference" else neighbour_targets_triton
     q, k, p = make(2, 5, 5, 16)
-    d, idx, w = fn(q, k, p, 10, SCALE)  # k >= N: all the others (SPEC 4)
+    d, idx, w = fn(q, k, p, 10, SCALE)  # k >= N: all the others
     assert idx.shape == (5, 4) and not (idx == torch.arange(5)[:, None]).any()
     assert_close(w.sum(1), torch.ones(5), name="sum w", **TOL)
     assert_close(d.sum(1), torch.ones(5), name="sum D", atol=1e-6, rtol=0)  # p rows are distributions

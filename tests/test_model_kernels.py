@@ -1,4 +1,4 @@
-"""The model with the Triton kernels on and off (issue 4): same outputs, close losses, and the
+"""The model with the Triton kernels on and off: same outputs, close losses, and the
 model that calls the custom ops traces under torch.compile and torch.export.
 
 Kernel runs need Triton's interpreter on a CPU; as in test_kernels.py they run in-process

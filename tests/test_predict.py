@@ -240,7 +240,7 @@ def test_cli_bad_inputs_are_named_and_the_run_goes_on(checkpoint, photos, tmp_pa
     assert code == 1
     rows = csv_rows(out)
     assert [r["status"] for r in rows] == ["error"] * 5 + ["no_face", "ok"]
-    for path, reason in zip(bad, ("not a readable image", "not a readable image",
+    for path, reason in zip(bad, ("cannot decode image", "cannot decode image",
                                   "cannot open as a video", "no such file", "folder holds no image")):
         assert f"skipped: {path}: {reason}" in err
     assert rows[5]["fine"] == "" and rows[5]["message"] == "no face found"
@@ -250,7 +250,7 @@ def test_cli_strict_stops_at_the_first_bad_input(checkpoint, photos, capsys):
     code, out, err = run(["--model", str(checkpoint), str(photos["astronaut"]), str(photos["corrupt"]),
                           "--strict"], capsys)
     assert code == 2
-    assert err.startswith(f"error: {photos['corrupt']}: not a readable image")
+    assert err.startswith(f"error: {photos['corrupt']}: cannot decode image")
 
 
 @pytest.mark.parametrize("option, message", [(["--margin", "-1"], "--margin must be >= 0"),

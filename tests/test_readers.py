@@ -1,4 +1,4 @@
-"""Dataset readers (issue 3): each published layout, built here in a temp dir, reads back the right
+"""Dataset readers: each published layout, built here in a temp dir, reads back the right
 images, labels, class order and face crops; every bad input stops with its message; a 1-epoch run
 trains on each layout."""
 

@@ -1,4 +1,4 @@
-"""Label semantic encoder F_s (SPEC 2, eq. 2): bundled vectors, reader formats, the coarse-mean rule."""
+"""Label semantic encoder F_s (paper eq. 2): bundled vectors, reader formats, the coarse-mean rule."""
 
 from __future__ import annotations
 

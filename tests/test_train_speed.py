@@ -36,9 +36,9 @@ def test_amp_trains_on_cpu(tmp_path, amp):
     summary = fit(make_config("tiny", "rald", out=str(tmp_path), epochs=1, amp=amp, **TINY))
     assert math.isfinite(summary["final"]["train_loss"])
     ckpt = load_checkpoint(tmp_path / "last.pt")
-    assert ckpt["config"]["run"]["amp"] == amp
-    assert (ckpt["scaler"] is not None) == (amp == "fp16")  # fp16 keeps its loss scale on resume
-    assert all(t.dtype == torch.float32 for t in ckpt["model"].values() if t.is_floating_point())
+    assert ckpt.config["run"]["amp"] == amp
+    assert (ckpt.scaler is not None) == (amp == "fp16")  # fp16 keeps its loss scale on resume
+    assert all(t.dtype == torch.float32 for t in ckpt.model.values() if t.is_floating_point())
 
 
 def test_bf16_step_stays_close_to_fp32():
@@ -77,4 +77,4 @@ def test_compiled_training_forward_matches_eager():
 def test_compile_option_trains_with_inductor(tmp_path):
     summary = fit(make_config("tiny", "rald", out=str(tmp_path), epochs=1, compile=True, **TINY))
     assert math.isfinite(summary["final"]["train_loss"])
-    assert "_orig_mod" not in "".join(load_checkpoint(tmp_path / "last.pt")["model"])
+    assert "_orig_mod" not in "".join(load_checkpoint(tmp_path / "last.pt").model)

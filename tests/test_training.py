@@ -26,9 +26,9 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, bank):
     fit(cfg, resume=str(tmp_path / "cut" / "last.pt"))
     a = load_checkpoint(tmp_path / "straight" / "last.pt")
     b = load_checkpoint(tmp_path / "cut" / "last.pt")
-    assert a["epoch"] == b["epoch"] == 2
-    for name, tensor in a["model"].items():
-        assert torch.equal(tensor, b["model"][name]), name
+    assert a.epoch == b.epoch == 2
+    for name, tensor in a.model.items():
+        assert torch.equal(tensor, b.model[name]), name
     rows = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
 
@@ -49,8 +49,8 @@ def test_seeded_run_is_bit_identical_run_to_run(tmp_path):
         assert key in first and key in last, key
     assert "train_kl" not in first and "train_kl" in last  # --nnldl-warmup 1: CE alone in epoch 1
     assert {"test_nn_purity_fine", "test_nn_chance_fine", "test_nn_purity_fine_cosine_f"} <= set(last)
-    a = load_checkpoint(tmp_path / "one" / "last.pt")["model"]
-    b = load_checkpoint(tmp_path / "two" / "last.pt")["model"]
+    a = load_checkpoint(tmp_path / "one" / "last.pt").model
+    b = load_checkpoint(tmp_path / "two" / "last.pt").model
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -60,8 +60,10 @@ def test_run_directory_is_complete(tmp_path):
                  "summary.json"):
         assert (tmp_path / name).is_file(), name
     ckpt = load_checkpoint(tmp_path / "last.pt")
-    assert {"model", "optimizer", "scheduler", "epoch", "config", "taxonomy", "preprocess",
-            "best", "version"} <= set(ckpt)
+    assert ckpt.format == "rald_fast.checkpoint/2" and ckpt.epoch == 1 and ckpt.optimizer and ckpt.scheduler
+    assert ckpt.config["variant"] == "rald" and ckpt.taxonomy["name"] == "fg-emotions"
+    assert ckpt.preprocess["image_size"] == 32 and ckpt.best["epoch"] == 1 and ckpt.rng is not None
+    assert ckpt.provenance["synthetic"] and ckpt.provenance["train_images"] == 33 * 3  # tiny: 3 per class
     assert summary["final"]["test_acc"] >= 0
     assert json.loads((tmp_path / "config.json").read_text())["variant"] == "rald"
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import logging
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,8 +204,3 @@ def epoch_order(split: Split, generator: torch.Generator) -> torch.Tensor:
     if split.sample_weights is None:
         return torch.randperm(n, generator=generator)
     return torch.multinomial(split.sample_weights, n, replacement=True, generator=generator)
-
-
-def class_counts(split: Split, taxonomy: Taxonomy) -> dict[str, int]:
-    counts = Counter(split.labels.tolist())
-    return {taxonomy.fine[i]: counts.get(i, 0) for i in range(taxonomy.num_fine)}

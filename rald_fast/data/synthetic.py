@@ -1,7 +1,7 @@
 """Embedded default dataset: procedurally drawn faces with a fine-grained expression taxonomy.
 
 What: ``generate(SyntheticConfig())`` draws cartoon faces (numpy + PIL, no downloads) labelled with
-the FG-Emotions taxonomy (6 coarse groups, 33 fine classes; SPEC section 1) and writes them as PNG
+the FG-Emotions taxonomy (6 coarse groups, 33 fine classes; the paper's Table 1) and writes them as PNG
 files plus ``train.csv`` / ``test.csv`` (``path,label,clean_label``) and ``manifest.json``.
 
 Why: FG-Emotions itself cannot be shipped. RALD targets the three properties this generator
@@ -41,20 +41,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .drawn_faces import EXPR_PARAMS, N_PARAMS, render, sample_look
+from rald_fast.data.drawn_faces import EXPR_PARAMS, N_PARAMS, render, sample_look
+from rald_fast.hierarchy import FG_EMOTIONS as VALENCE_GROUPS
 
 GENERATOR_VERSION = "3"  # bump whenever drawing or sampling changes (invalidates caches)
 SPLITS = {"train": 0, "test": 1}
 
-FG_EMOTIONS: dict[str, list[str]] = {
-    "fear": ["anxiety", "worry", "panic", "terror", "nervous"],
-    "sadness": ["depression", "embarrass", "gloom", "guilt", "remorse", "sorrow", "suffering"],
-    "anger": ["anger", "contempt", "disgust", "frustrate", "hate", "irritate", "loathing",
-              "torment", "wrath"],
-    "surprise": ["amaze", "astonish", "surprise"],
-    "happiness": ["cheerful", "enthrall", "optimism", "pleasure", "pride", "relief"],
-    "love": ["thrill", "affection", "lust"],
-}
+# coarse group -> fine classes of FG-Emotions (the taxonomy of rald_fast.hierarchy, valence dropped)
+FG_EMOTIONS: dict[str, list[str]] = {c: f for groups in VALENCE_GROUPS.values() for c, f in groups.items()}
 
 # Base expression per coarse group, in the order of faces.EXPR_PARAMS:
 # brow_inner brow_height eye_open gaze_x gaze_y mouth_curve mouth_open mouth_width mouth_asym

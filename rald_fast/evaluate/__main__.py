@@ -2,7 +2,6 @@
 
 import sys
 
-from rald_fast.cli import run_cli
-from rald_fast.evaluate.command import main
+from rald_fast.evaluate.command import cli
 
-sys.exit(run_cli(main))
+sys.exit(cli())

@@ -120,3 +120,17 @@ def bank_main(argv: list[str] | None = None) -> int:
     save_checkpoint(written, ckpt)
     print(f"reference bank of {len(features)} training images from {run.root} stored in {written}")
     return 0
+
+
+def cli() -> int:
+    """Console-script entry point: `main` with user errors reported as one line (exit 2)."""
+    from rald_fast.cli import run_cli
+
+    return run_cli(main)
+
+
+def bank_cli() -> int:
+    """Console-script entry point of `rald-bank` (`python -m rald_fast.bank`)."""
+    from rald_fast.cli import run_cli
+
+    return run_cli(bank_main)

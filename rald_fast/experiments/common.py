@@ -30,7 +30,11 @@ _NOT_HASHED = {"out", "threads", "device", "progress", "eval_every"}
 
 def add_budget_arguments(p: argparse.ArgumentParser, seeds: bool = True) -> None:
     """Every config option (the training budget) plus --out (the experiment directory)."""
-    add_config_arguments(p)  # includes --out: here the experiment directory, not one run's
+    # includes --out: here the experiment directory, not one run's. The help shows the quick preset's
+    # values without a variant's (each run sets its own); the values come from --preset as before.
+    add_config_arguments(p, "quick", variant=None, help_overrides={
+        "out": "the experiment directory: its runs under OUT/runs/, its tables and figures in OUT "
+               "(default: runs/experiments)"})
     if seeds:
         p.add_argument("--seeds", type=int, default=1,
                        help="runs per setting, seeds --seed, --seed + 1, ... (default 1)")

@@ -193,3 +193,10 @@ def main(argv: list[str] | None = None) -> int:
         print(n)
     print(f"ITRR mode {folded.itrr_mode}; wrote {out}/ (summary.md, summary.json)")
     return 0 if all(r["ok"] for r in rows) else 1
+
+
+def cli() -> int:
+    """Console-script entry point: `main` with user errors reported as one line (exit 2)."""
+    from rald_fast.cli import run_cli
+
+    return run_cli(main)

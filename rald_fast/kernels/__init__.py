@@ -1,10 +1,10 @@
 """rald_fast.kernels: the two hot ops of RALD behind one interface each.
 
-- `attention`: multi-head attention with the optional hierarchy bias b[h, xi[i, j]] (SPEC 3, eq. 4-5,
+- `attention`: multi-head attention with the optional hierarchy bias b[h, xi[i, j]] (paper eqs. 4-5,
   8-10, 14-15); Triton kernels (attention_triton.py) on CUDA, plain PyTorch elsewhere.
 - `attention_fixed_context`: each query over a fixed key set plus its own key (ITRR's `bank` and
   `self` inference modes); plain PyTorch everywhere (inference only, export-safe).
-- `neighbour_targets`: NNLDL's top-k neighbour label distributions (SPEC 4, eq. 18); a streaming
+- `neighbour_targets`: NNLDL's top-k neighbour label distributions (paper eq. 18); a streaming
   two-pass Triton kernel (topk_triton.py) on CUDA, plain PyTorch elsewhere.
 
 Backend choice, per call: `backend="reference" | "triton" | "auto"`. "auto" defers to the
@@ -81,7 +81,7 @@ def _compute_dtype(q: Tensor, k: Tensor, v: Tensor) -> torch.dtype:
 
 def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, bias_table: Optional[Tensor] = None,
               xi: Optional[Tensor] = None, *, backend: str = "auto") -> Tensor:
-    """Multi-head attention with optional hierarchy bias (SPEC eq. 4-5, 8-10, 14-15).
+    """Multi-head attention with optional hierarchy bias (paper eqs. 4-5, 8-10, 14-15).
 
     logits[h, i, j] = scale * q[h, i] . k[h, j] + bias_table[h, xi[i, j]] (bias only when both are
     given); returns softmax(logits, -1) @ v. Differentiable in q, k, v and bias_table.
@@ -89,7 +89,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, bias_table: Optiona
     Args:
         q: (H, Lq, Dk) queries. k: (H, Lk, Dk) keys. v: (H, Lk, Dv) values. They are cast to
             autocast's dtype when autocast is on, else to their promoted dtype, the output's.
-        scale: logit scale (SPEC: lambda = 0.125).
+        scale: logit scale (lambda = 1/sqrt(64) = 0.125 for RALD's 64-d heads).
         bias_table: (H, T) learnable bias table. xi: (Lq, Lk) int64 indices into its last dim.
         backend: "auto", "reference" or "triton" (module docstring). Head dims > 256 run the custom
             op's fp32 PyTorch composite instead of the kernels.
@@ -134,13 +134,13 @@ def attention_fixed_context(q: Tensor, k: Tensor, v: Tensor, scale: float, bank_
 def neighbour_targets(q: Tensor, k: Tensor, p: Tensor, topk: int, scale: float, *,
                       exclude_self: bool = True, key_offset: int = 0,
                       backend: str = "auto") -> tuple[Tensor, Tensor, Tensor]:
-    """NNLDL targets (SPEC 4, eq. 18): D = sum_j w_j p[j] over each image's top-k related keys.
+    """NNLDL targets (paper eq. 18): D = sum_j w_j p[j] over each image's top-k related keys.
 
     Args:
         q: (H, N, Dk) queries of the N images. k: (H, M, Dk) keys of the key set (the batch, M == N,
             or a memory bank). p: (M, C) predictions of the key set.
         topk: neighbours per image, clamped to the eligible keys.
-        scale: logit scale of ITRR's attention (SPEC: lambda = 0.125).
+        scale: logit scale of ITRR's attention (lambda = 0.125).
         exclude_self: key i + key_offset is never image i's neighbour.
         key_offset: position of the batch inside the key set (0 when the key set is the batch).
         backend: "auto", "reference" or "triton" (module docstring). "auto" uses the reference

@@ -1,13 +1,13 @@
 """Multi-head attention with an optional hierarchy bias: the one attention op of RALD.
 
-Maths (SPEC 3, paper eq. 4-5 ITRR, 8-10 HLRR, 14-15 LGIFO), per head h, query i, key j:
+Maths (paper eqs. 4-5 ITRR, 8-10 HLRR, 14-15 LGIFO), per head h, query i, key j:
 
     logit[h, i, j] = scale * q[h, i] . k[h, j] + b[h, xi[i, j]]     (bias only for HLRR, eq. 8)
     out[h, i]      = sum_j softmax_j(logit[h, i, :]) v[h, j]
 
 q (H, Lq, Dk), k (H, Lk, Dk), v (H, Lk, Dv): no batch axis, because RALD's tokens are the images of
 the batch (ITRR), the label nodes (HLRR) or both (LGIFO). b is the learnable (H, T) table of the
-Graphormer-style structural bias and xi the (Lq, Lk) integer table of SPEC 3.2 (0 on the diagonal,
+Graphormer-style structural bias and xi the (Lq, Lk) integer table of eq. (9) (0 on the diagonal,
 shortest-path distance, sigma = 500 when unreachable; T = sigma + 1).
 
 Backward, with P = softmax(logit), dO = grad of out, delta[i] = sum_d dO[i, d] * out[i, d]:
@@ -74,7 +74,7 @@ def fixed_context_attention_ref(q: Tensor, k: Tensor, v: Tensor, scale: float,
         return v                                                        # softmax over one key = 1
     own = scale * (q * k).sum(-1, keepdim=True)                         # (H, N, 1)
     logits = torch.cat([scale * q @ bank_k.transpose(1, 2), own], -1)  # (H, N, M + 1)
-    p = logits.float().softmax(-1).to(v.dtype)
+    p = logits.to(torch.promote_types(logits.dtype, torch.float32)).softmax(-1).to(v.dtype)  # >= fp32
     return p[..., :-1] @ bank_v + p[..., -1:] * v
 
 
@@ -194,7 +194,7 @@ def attention_op(q: Tensor, k: Tensor, v: Tensor, scale: float, bias_table: Opti
 
     Args:
         q, k, v: (H, Lq, Dk), (H, Lk, Dk), (H, Lk, Dv), one dtype.
-        scale: logit scale (SPEC: lambda = 0.125).
+        scale: logit scale (lambda = 0.125 in RALD).
         bias_table, xi: (H, T) float table and (Lq, Lk) integer index table; both or neither.
         num_splits: key splits of the forward and dq kernels (0: chosen from the GPU's SM count).
     """

@@ -1,4 +1,4 @@
-"""Triton kernels of the hierarchy-biased attention (SPEC eq. 4-5, 8-10, 14-15); maths in attention.py.
+"""Triton kernels of the hierarchy-biased attention (paper eqs. 4-5, 8-10, 14-15); maths in attention.py.
 
 RALD's attentions are tiny (HLRR 39 x 39, LGIFO N x 39, ITRR N x N with N <= 256, 8 heads of 64):
 launch-bound, so the kernels aim at few launches and no host-side work between them.

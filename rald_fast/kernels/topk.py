@@ -1,4 +1,4 @@
-"""Nearest-neighbour label-distribution targets of NNLDL (SPEC 4, paper eq. 18).
+"""Nearest-neighbour label-distribution targets of NNLDL (paper eq. 18).
 
 For each image i (query) and each key j of the key set (the batch itself, or a memory bank):
 
@@ -10,7 +10,7 @@ For each image i (query) and each key j of the key set (the batch itself, or a m
     w[i, j] = r[i, j] / sum_{j' in J_i} r[i, j']
     D[i]    = sum_{j in J_i} w[i, j] p[j]                           (eq. 18)
 
-D is a target (SPEC 4: stop-gradient): the Triton path runs under no_grad. The reference stays
+D is a target (stop-gradient, docs/DESIGN.md "NNLDL"): the Triton path runs under no_grad. The reference stays
 differentiable (through the weights and p; the top-k choice itself is piecewise constant) for the
 loss's option of letting the gradient through D; callers that want a target detach its inputs.
 

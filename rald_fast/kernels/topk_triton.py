@@ -97,7 +97,7 @@ def _topk_kernel(
         q_head = Q
         k_head = K + offs_n[None, :].to(tl.int64) * skn  # int64: M x stride may pass 2^31
         lse_head = Lse
-        for _h in range(H):  # head sum of the softmax probabilities (SPEC 4's relation, times H)
+        for _h in range(H):  # head sum of the softmax probabilities (NNLDL's relation R_v, times H)
             q = tl.load(q_head + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
                         mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)
             kt = tl.load(k_head + offs_d[:, None] * skd, mask=col_ok[None, :] & (offs_d[:, None] < D), other=0.0)

@@ -1,4 +1,4 @@
-"""Image encoder F_v (SPEC 2, eq. 1): torchvision ResNet18, global-average-pooled 512-d features.
+"""Image encoder F_v (paper eq. 1): torchvision ResNet18, global-average-pooled 512-d features.
 
 Weights come only from a local file the user names (`--backbone-weights PATH`); nothing is downloaded.
 Accepted files: a torchvision ResNet18 state dict, or the checkpoints FER repositories pass around

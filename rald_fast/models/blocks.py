@@ -15,7 +15,7 @@ from rald_fast import kernels
 
 
 class FFN(nn.Module):
-    """Linear(D, 4D) - GELU - Dropout - Linear(4D, D) (SPEC 3 reading)."""
+    """Linear(D, 4D) - GELU - Dropout - Linear(4D, D) (the paper does not give the FFN; docs/DESIGN.md)."""
 
     def __init__(self, dim: int, dropout: float):
         super().__init__()
@@ -101,6 +101,6 @@ class AttentionBlock(nn.Module):
 
 
 def decreasing_bias_init(heads: int, sigma: int) -> torch.Tensor:
-    """(h, sigma + 1) table b[xi], decreasing in xi (SPEC 3.2): b = -0.5 log(1 + xi)."""
+    """(h, sigma + 1) table b[xi], decreasing in xi (nearer labels start with a larger bias): b = -0.5 log(1 + xi)."""
     xi = torch.arange(sigma + 1, dtype=torch.float32)
     return (-0.5 * torch.log1p(xi)).expand(heads, -1).clone()

@@ -1,4 +1,4 @@
-"""Losses: CE on the fine labels plus NNLDL's nearest-neighbour label distribution (SPEC 4).
+"""Losses: CE on the fine labels plus NNLDL's nearest-neighbour label distribution (eqs. 18-21).
 
 NNLDL, eqs. (18)-(19): for image i take its k most related other images, weights r renormalised over
 the k, and the target D^i = sum_j r_j P_j / sum_j r_j. L_KL = -(1 / (N C_f)) sum_i sum_c D^i_c log P^i_c.

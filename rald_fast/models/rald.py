@@ -1,4 +1,4 @@
-"""RALD (Liu et al. 2024): ResNet18 -> ITRR -> LGIFO (keys from HLRR) -> fine head (SPEC 2-3).
+"""RALD (Liu et al. 2024): ResNet18 -> ITRR -> LGIFO (keys from HLRR) -> fine head (paper section 3).
 
 Read in the paper's order: image encoder F_v (1), label encoder F_s (2) as a frozen buffer, ITRR
 (3)-(7) over the images of the batch, HLRR (8)-(12) over the label tokens with the learnable
@@ -7,7 +7,7 @@ lives in `losses.py`; it needs ITRR's per-head queries and keys, which `forward`
 
 Every module can be switched off (ModelConfig.itrr / hlrr / lgifo) so Table 3's rows are variants of
 one class: without ITRR, F~ = F; without LGIFO, F^ = F~; without HLRR, S~ is the projected label
-vectors themselves (SPEC 6).
+vectors themselves (Table 3's rows, docs/DESIGN.md).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class RALD(nn.Module):
                 else:
                     self.bias_table = self.xi = None
             self.lgifo = AttentionBlock(d, h, cfg.scale, value_proj=False, **block)
-        self.head = nn.Linear(d, taxonomy.num_fine)                             # P, SPEC 3.4
+        self.head = nn.Linear(d, taxonomy.num_fine)                             # P, the fine head
 
     # --- ITRR's reference bank (batch-independent inference, rald_fast/evaluate/reference_bank.py) ---
     def set_reference_bank(self, features: torch.Tensor | None) -> None:
@@ -89,7 +89,7 @@ class RALD(nn.Module):
             self.itrr_reference = torch.empty_like(state_dict[key], device=self.itrr_reference.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    # --- the label branch: never depends on the images (SPEC 3.2) ------------------------------
+    # --- the label branch: never depends on the images -----------------------------------------
     def label_tokens(self) -> torch.Tensor:
         """S~ (C, D): HLRR over the projected label vectors, eqs. (8)-(12)."""
         h = self.label_proj(self.label_vectors)                                # (C, D)

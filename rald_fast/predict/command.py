@@ -212,3 +212,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     return 0
 
+
+def cli() -> int:
+    """Console-script entry point: `main` with user errors reported as one line (exit 2)."""
+    from rald_fast.cli import run_cli
+
+    return run_cli(main)

@@ -164,7 +164,7 @@ def predict_faces(predictor, image, detector=None, margin: float = DEFAULT_MARGI
     """Every face in `image` with its fine label, coarse group, valence and top-k probabilities.
 
     Args:
-        predictor: a `rald_fast.predict.predictor.Predictor`.
+        predictor: a `rald_fast.predict.Predictor`.
         image: (H, W, 3) uint8 RGB array, a PIL image or an image path.
         detector: a callable image -> list[Box]; default the bundled Haar cascade.
         margin: fraction of the face box side added on each side before the square crop.

@@ -44,7 +44,7 @@ class FacePipeline:
     """Detect -> crop -> batched predict over a stream of frames.
 
     Args:
-        predictor: a `rald_fast.predict.predictor.Predictor`.
+        predictor: a `rald_fast.predict.Predictor`.
         emit: called with each finished Frame, in input order.
         detector: image -> list[Box]; None treats every image as one aligned crop (`--no-detect`).
         margin: crop margin per side, as a fraction of the face box side.

@@ -16,18 +16,51 @@ import logging
 import os
 import sys
 
-from rald_fast.config import Config, add_config_arguments, config_from_args, set_option, validate
+from rald_fast.config import (SCHEDULES, VARIANTS, Config, add_config_arguments, config_from_args, set_option,
+                              validate)
 
 # options that may change when resuming; everything else comes from the checkpoint
 RESUME_OVERRIDABLE = {"epochs", "out", "progress", "eval_every", "threads", "device", "amp", "compile",
                       "pin_memory"}
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _PreParseError(Exception):
+    pass
+
+
+class _PreParser(argparse.ArgumentParser):
+    """Reads --preset and --variant only; a malformed line is left for the full parser to report."""
+
+    def error(self, message: str):
+        raise _PreParseError(message)
+
+
+def selected_preset(argv: list[str] | None) -> tuple[str, str]:
+    """(preset, variant) named on the command line, for the help text; quick/rald when absent or unknown
+    (the full parser then rejects an unknown name as it always has)."""
+    if not argv:
+        return "quick", "rald"
+    pre = _PreParser(add_help=False)
+    pre.add_argument("--preset", default="quick")
+    pre.add_argument("--variant", default="rald")
+    try:
+        known, _ = pre.parse_known_args(argv)
+    except _PreParseError:
+        return "quick", "rald"
+    return (known.preset if known.preset in SCHEDULES else "quick",
+            known.variant if known.variant in VARIANTS else "rald")
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of `python -m rald_fast.train`; `argv` (the command line to parse, None: none) only
+    picks the preset and variant whose defaults the help text shows, never the parsed values."""
     p = argparse.ArgumentParser(prog="python -m rald_fast.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--resume", metavar="CKPT", help="continue the run saved in CKPT (last.pt)")
-    add_config_arguments(p)
+    p.add_argument("--resume", metavar="CKPT",
+                   help="continue the run saved in CKPT (last.pt) with its saved config (not the defaults "
+                        "below); only " + ", ".join(f"--{k.replace('_', '-')}" for k in sorted(RESUME_OVERRIDABLE))
+                        + " may change")
+    add_config_arguments(p, *selected_preset(argv))
     return p
 
 
@@ -52,7 +85,7 @@ def resolve_config(args: argparse.Namespace, argv: list[str]) -> Config:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     cfg = resolve_config(args, argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("gensim").setLevel(logging.WARNING)
@@ -73,3 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"evaluate with: python -m rald_fast.evaluate --checkpoint {summary['checkpoint']}")
     return 0
 
+
+def cli() -> int:
+    """Console-script entry point: `main` with user errors reported as one line (exit 2)."""
+    from rald_fast.cli import run_cli
+
+    return run_cli(main)

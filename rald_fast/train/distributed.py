@@ -186,12 +186,3 @@ def sync_batchnorm(module: nn.Module, info: DistInfo, device_type: str) -> nn.Mo
         else:
             sync_batchnorm(child, info, device_type)
     return module
-
-
-def broadcast_object(obj, info: DistInfo):
-    """Rank 0's `obj` on every rank (a picklable value, e.g. a decision or a path)."""
-    if not info.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
