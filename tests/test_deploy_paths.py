@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rald_fast.predict.predictor import EngineError, Predictor
+from rald_fast.errors import ArtifactError
+from rald_fast.predict import Predictor
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,12 +65,12 @@ def test_ts_refuses_junk_and_foreign_archives(built, tmp_path):
     import torch
 
     (tmp_path / "junk.ts").write_bytes(b"garbage")
-    with pytest.raises(EngineError, match="cannot load as a TorchScript archive"):
+    with pytest.raises(ArtifactError, match="cannot load as a TorchScript archive"):
         Predictor.load(tmp_path / "junk.ts")
     with pytest.warns(FutureWarning):  # TorchScript is deprecated; our loader keeps it quiet
         plain = torch.jit.trace(torch.nn.Linear(2, 2), torch.zeros(1, 2))
         torch.jit.save(plain, str(tmp_path / "plain.ts"))
-    with pytest.raises(EngineError, match="not a rald_fast artifact"):
+    with pytest.raises(ArtifactError, match="not a rald_fast artifact"):
         Predictor.load(tmp_path / "plain.ts")
 
 

@@ -78,6 +78,9 @@ def assert_close(got: torch.Tensor, want: torch.Tensor, what: str, rtol: float, 
     if not got.is_floating_point():
         assert torch.equal(got, want), what
         return
+    assert got.shape == want.shape, what
+    if got.numel() == 0:
+        return
     diff = (got.float() - want.float()).abs()
     bound = rtol * want.float().abs().max().item() + atol
     if diff.max().item() > bound:

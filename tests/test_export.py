@@ -13,7 +13,7 @@ import torch
 
 from rald_fast.export import tensorrt as trt_export
 from rald_fast.export.artifacts import ArtifactError, read_sidecar, write_sidecar
-from rald_fast.predict.predictor import EngineError, Predictor
+from rald_fast.predict import Predictor
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,6 +61,7 @@ def test_every_backend_gives_the_same_batch_independent_answers(exported):
     for path in (exported["ckpt"], exported["out"] / "rald.onnx", exported["out"] / "rald.pt2"):
         p = Predictor.load(path)
         assert p.itrr_mode == "bank" and p.preprocess.image_size == 32
+        assert p.synthetic and p.trained_on["train_images"] == 33  # provenance travels into every artifact
         out = p.predict(ims, batch_size=3)
         alone = np.concatenate([p.predict([im]).probs for im in ims])
         np.testing.assert_allclose(out.probs, alone, atol=1e-5)
@@ -123,22 +124,22 @@ def test_engine_refuses_foreign_and_outdated_artifacts(exported, tmp_path):
     meta = json.loads(entry.value)
     entry.value = json.dumps(dict(meta, version=99))
     onnx.save(model, str(tmp_path / "old.onnx"))
-    with pytest.raises(EngineError, match="format version 99.*reads version 1"):
+    with pytest.raises(ArtifactError, match="format version 99.*reads version 1"):
         Predictor.load(tmp_path / "old.onnx")
     del model.metadata_props[:]
     onnx.save(model, str(tmp_path / "plain.onnx"))
-    with pytest.raises(EngineError, match="not a rald_fast artifact"):
+    with pytest.raises(ArtifactError, match="not a rald_fast artifact"):
         Predictor.load(tmp_path / "plain.onnx")
     (tmp_path / "junk.onnx").write_bytes(b"\x00garbage")
-    with pytest.raises(EngineError, match="not a readable ONNX file"):
+    with pytest.raises(ArtifactError, match="not a readable ONNX file"):
         Predictor.load(tmp_path / "junk.onnx")
     (tmp_path / "junk.pt2").write_bytes(b"garbage")
-    with pytest.raises(EngineError, match="cannot load as an AOTInductor package"):
+    with pytest.raises(ArtifactError, match="cannot load as an AOTInductor package"):
         Predictor.load(tmp_path / "junk.pt2")
     (tmp_path / "model.tflite").write_bytes(b"x")
-    with pytest.raises(EngineError, match="unknown model kind"):
+    with pytest.raises(ArtifactError, match="unknown model kind"):
         Predictor.load(tmp_path / "model.tflite")
-    with pytest.raises(EngineError, match="no such model file"):
+    with pytest.raises(ArtifactError, match="no such model file"):
         Predictor.load(tmp_path / "absent.onnx")
 
 
@@ -146,7 +147,7 @@ def test_tensorrt_paths_say_what_is_missing(tmp_path):
     if not trt_export.missing():
         pytest.skip("TensorRT is installed here: the parity test covers it")
     (tmp_path / "m.engine").write_bytes(b"x")
-    with pytest.raises(EngineError, match="cannot run a TensorRT engine here.*tensorrt"):
+    with pytest.raises(ArtifactError, match="cannot run a TensorRT engine here.*tensorrt"):
         Predictor.load(tmp_path / "m.engine")
 
 
@@ -165,11 +166,13 @@ def test_engine_sidecar_must_match_the_engine(tmp_path):
 
 def test_predict_names_the_expected_input(exported):
     p = Predictor.load(exported["out"] / "rald.onnx")
-    with pytest.raises(EngineError, match="dtype float32, expected uint8 RGB"):
+    with pytest.raises(ArtifactError, match="dtype float32, expected uint8 RGB"):
         p.predict(np.zeros((2, 32, 32, 3), np.float32))
-    with pytest.raises(EngineError, match=r"shape \(32, 32, 4\), expected \(H, W, 3\)"):
-        p.predict([np.zeros((32, 32, 4), np.uint8)])
-    with pytest.raises(EngineError, match="numpy arrays"):
+    with pytest.raises(ArtifactError, match=r"shape \(32, 32, 2\), expected \(H, W, 3\)"):
+        p.predict([np.zeros((32, 32, 2), np.uint8)])
+    rgba = np.zeros((32, 32, 4), np.uint8)  # an RGBA array is read like an RGBA photo: alpha dropped
+    np.testing.assert_array_equal(p.predict([rgba]).probs, p.predict([rgba[..., :3]]).probs)
+    with pytest.raises(ArtifactError, match="numpy arrays"):
         p.predict(torch.zeros(1, 3, 32, 32))
     gray = p.predict([np.full((40, 30), 128, np.uint8)])
     assert gray.probs.shape == (1, 33)

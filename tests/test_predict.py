@@ -91,7 +91,17 @@ def run(argv, capsys) -> tuple[int, str, str]:
 
 
 def csv_rows(text: str) -> list[dict]:
-    return list(csv.DictReader(io.StringIO(text)))
+    """The CSV rows; the first line of a synthetic-trained model's output is a `# ` note."""
+    lines = text.splitlines(keepends=True)
+    assert lines and lines[0].startswith("# model") and "synthetic faces only" in lines[0]
+    return list(csv.DictReader(io.StringIO("".join(lines[1:]))))
+
+
+def json_rows(text: str) -> list[dict]:
+    """The JSON rows after the leading `note` line."""
+    rows = [json.loads(line) for line in text.splitlines()]
+    assert rows[0]["status"] == "note" and "synthetic faces only" in rows[0]["message"]
+    return rows[1:]
 
 
 def iou(a, b) -> float:
@@ -174,6 +184,25 @@ def test_draw_faces_marks_the_box(predictor, astronaut):
     assert not np.array_equal(drawn[y + h // 2, x], astronaut[y + h // 2, x])  # left edge drawn
 
 
+def test_a_model_trained_on_synthetic_faces_says_so(checkpoint, predictor, photos, capsys, tmp_path):
+    assert predictor.synthetic and predictor.trained_on["data"] == "synthetic"
+    assert "synthetic faces only" in predictor.provenance_note() and "SYNTHETIC" in repr(predictor)
+    code, out, err = run(["--model", str(checkpoint), str(photos["astronaut"])], capsys)
+    assert code == 0 and err.startswith("warning: model last.pt was trained on synthetic faces only")
+    assert len(csv_rows(out)) == 1
+    # exported artifacts carry it too, and a real-data model has no note
+    from rald_fast.config import make_config
+    from rald_fast.export.artifacts import build_metadata
+    from rald_fast.predict.pipeline import RowWriter
+
+    meta = build_metadata(make_config("tiny"), predictor.taxonomy, predictor.preprocess, "self", "x.pt",
+                          trained_on={"data": "rafdb", "synthetic": False})
+    assert meta["trained_on"]["synthetic"] is False
+    real = io.StringIO()
+    RowWriter(real, "csv", 3, note=None)
+    assert real.getvalue().startswith("source,")
+
+
 # --- the command line -------------------------------------------------------------------------
 def test_cli_one_row_for_the_astronaut(checkpoint, photos, capsys):
     code, out, err = run(["--model", str(checkpoint), str(photos["astronaut"]), "--topk", "2"], capsys)
@@ -191,7 +220,7 @@ def test_cli_one_row_per_face_and_batch_size_does_not_matter(checkpoint, photos,
         code, out, err = run(["--model", str(checkpoint), str(photos["three"]), str(photos["astronaut"]),
                               "--format", "jsonl", "--batch-size", batch], capsys)
         assert code == 0, err
-        outs.append([json.loads(line) for line in out.splitlines()])
+        outs.append(json_rows(out))
     rows = outs[0]
     assert [(r["source"], r["face"]) for r in rows] == [(str(photos["three"]), i) for i in range(3)] \
         + [(str(photos["astronaut"]), 0)]
@@ -228,6 +257,9 @@ def test_cli_annotate_writes_viewable_images(checkpoint, photos, tmp_path, capsy
     assert [r["status"] for r in csv_rows(out)] == ["ok", "no_face"]
     drawn = cv2.imread(str(tmp_path / "ann" / "in" / "sub" / "astronaut.jpg"))
     assert drawn is not None and drawn.shape == (512, 512, 3)
+    # the synthetic-only banner: a black strip with white text across the bottom
+    strip = drawn[-6:, :, :].astype(int)
+    assert (strip.max(axis=2) < 60).mean() > 0.5 and strip.max() > 200
     assert cv2.imread(str(tmp_path / "ann" / "in" / "sub" / "blank.png")) is not None
 
 
@@ -250,7 +282,7 @@ def test_cli_strict_stops_at_the_first_bad_input(checkpoint, photos, capsys):
     code, out, err = run(["--model", str(checkpoint), str(photos["astronaut"]), str(photos["corrupt"]),
                           "--strict"], capsys)
     assert code == 2
-    assert err.startswith(f"error: {photos['corrupt']}: cannot decode image")
+    assert err.startswith("warning: ") and f"\nerror: {photos['corrupt']}: cannot decode image" in err
 
 
 @pytest.mark.parametrize("option, message", [(["--margin", "-1"], "--margin must be >= 0"),

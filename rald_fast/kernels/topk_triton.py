@@ -18,6 +18,23 @@ Ranking order everywhere: larger r first, then lower key index. The running list
 (KP = next power of two >= K) and is unsorted; each block contributes at most K entries, each
 replacing the current worst slot only when strictly better, so the list always holds the best K
 keys seen so far. Relations are fp32; q . k uses `tl.dot` with fp32 accumulation.
+
+Tile strategies (`rows_per_program` of the launchers, `neighbour_targets_triton`):
+- "block" (the default): BLOCK_M = 64 query rows per program (`tile(N, 64)`), BLOCK_N = 64 keys,
+  4 warps; the grid has cdiv(N, 64) row blocks, so each key tile is loaded once per row block and
+  pass: 4 times for N = 256 (mostly from L2, the row blocks of one split being neighbours in the
+  grid).
+- "all": one row block covers all N <= 256 rows (BLOCK_M = next power of two >= N; blocks of 256
+  rows beyond), so each key tile is loaded once per (head, split) and pass; the key splits supply the
+  parallelism instead (`_splits`: about 2 programs per SM), capped so that the merge's S x KP
+  candidates stay <= MAX_SPLIT_CANDIDATES. Its tiles (`_tiles`): BLOCK_N = 32 and 8 warps once
+  BLOCK_M > 64, for register pressure; for N <= 64 it is the "block" tiling.
+Neither is a clear win on paper: "all" loads K a quarter as often at N = 256, but pass 2 reloads the
+q tile of every head for every key block (H x BLOCK_M x D per BLOCK_N keys, from L2), which with
+BLOCK_N = 32 is twice "block"'s q traffic, and its skip test (no row of the tile can enter its top-k)
+covers 4 x more rows, so it fires less often. bench/gpu_kernels.py times both (impl "triton" and
+"triton_all" in its "topk" rows; bench/gpu_suite.py runs it on the GPU); the default is to be chosen
+from that measurement, and stays "block" until one exists.
 """
 
 from __future__ import annotations
@@ -133,42 +150,85 @@ def _topk_kernel(
     tl.store(TopI + out, top_i, mask=row_ok[:, None])
 
 
-def _splits(n_programs: int, M: int, block_n: int, device: torch.device, num_splits: int | None):
+ROWS_PER_PROGRAM = ("block", "all")  # the two tile strategies (module docstring)
+DEFAULT_ROWS_PER_PROGRAM = "block"  # to be chosen from the GPU suite's timings of both (module docstring)
+ALL_ROWS_MAX = 256  # "all": one row block up to this many query rows (RALD's batches), blocks of it beyond
+MAX_SPLIT_CANDIDATES = 4096  # "all": automatic splits keep S x KP <= this (the merge holds a row's list)
+
+
+def _tiles(N: int, M: int, rows_per_program: str | None) -> tuple[int, int, int, str]:
+    """(BLOCK_M, BLOCK_N, num_warps, strategy) of both passes for `rows_per_program` (None: the default).
+
+    "block": 64 x 64 tiles, 4 warps (128 threads). "all": BLOCK_M = next power of two >= N, at most
+    ALL_ROWS_MAX. Register budget, 64-bit registers aside: a program's fp32 tiles are spread over its
+    threads, so at BLOCK_M = 256 each thread of 8 warps (256 threads) holds per 256 x BLOCK_N tile
+    BLOCK_N values. Pass 2 keeps at once the relation sum r and the q . k product (two tiles), the q
+    tile (256 x 64 bf16: 32 registers), the k tile and the running top-k (2 x 256 x KP: 16 registers
+    at k <= 8, 64 at k = 32). With BLOCK_N = 32 that is about 64 + 32 + 64 = 160 of the 255 a thread
+    may have, no spill up to k = 32; BLOCK_N = 64 doubles the two tiles (about 224) and 4 warps would
+    double everything: both spill at k = 32 (ptxas -v for sm_90, see the report of this change). 8 warps
+    also give tl.dot two warp groups (wgmma's 64-row granules: 4 per 256-row tile). Pass 1 holds q,
+    the score tile and its exponential: lighter, same tiles. At BLOCK_M <= 64 (N <= 64) "all" and
+    "block" coincide: the same tiles.
+    """
+    strategy = DEFAULT_ROWS_PER_PROGRAM if rows_per_program is None else rows_per_program
+    if strategy == "block":
+        return tile(N, 64), tile(M, 64), 4, strategy
+    if strategy != "all":
+        raise ValueError(f"neighbour_targets: rows_per_program must be one of {ROWS_PER_PROGRAM}, got "
+                         f"{rows_per_program!r}")
+    bm = min(next_pow2(N), ALL_ROWS_MAX)
+    if bm <= 64:
+        return bm, tile(M, 64), 4, strategy
+    return bm, tile(M, 32), 8, strategy
+
+
+def _splits(n_programs: int, M: int, block_n: int, device: torch.device, num_splits: int | None,
+            max_splits: int | None = None):
     n_blocks = triton.cdiv(M, block_n)
     if num_splits is None:
         want = triton.cdiv(2 * num_sms(device), n_programs) if device.type == "cuda" else 1
-        num_splits = max(1, min(want, n_blocks // 4))  # >= 4 key blocks per split
+        num_splits = max(1, min(want, n_blocks // 4, max_splits or want))  # >= 4 key blocks per split
     num_splits = max(1, min(num_splits, n_blocks))
     keys_per_split = triton.cdiv(triton.cdiv(M, num_splits), block_n) * block_n
     return triton.cdiv(M, keys_per_split), keys_per_split
 
 
-def row_lse(q: torch.Tensor, k: torch.Tensor, scale: float, num_splits: int | None = None) -> torch.Tensor:
-    """Pass 1: (H, N) fp32 log-sum-exp over the M keys of scale * q . k, per head and row."""
+def row_lse(q: torch.Tensor, k: torch.Tensor, scale: float, num_splits: int | None = None,
+            rows_per_program: str | None = None) -> torch.Tensor:
+    """Pass 1: (H, N) fp32 log-sum-exp over the M keys of scale * q . k, per head and row.
+    rows_per_program: "block" or "all" (module docstring), None: DEFAULT_ROWS_PER_PROGRAM."""
     H, N, D = q.shape
     M = k.shape[1]
-    bm, bn, bd = tile(N, 64), tile(M, 64), next_pow2(D)
+    bm, bn, warps, _ = _tiles(N, M, rows_per_program)
+    bd = next_pow2(D)
     n_m = triton.cdiv(N, bm)
     splits, kps = _splits(n_m * H, M, bn, q.device, num_splits)
     lse = torch.empty((splits, H, N), device=q.device, dtype=torch.float32)
     _row_lse_kernel[(n_m, H, splits)](
         q, k, lse, *q.stride(), *k.stride(), *lse.stride(), N, M, D, kps, float(scale) * LOG2E,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, PRECISION=dot_precision(q.dtype), num_warps=4, num_stages=2,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, PRECISION=dot_precision(q.dtype), num_warps=warps, num_stages=2,
     )
     return lse[0] if splits == 1 else torch.logsumexp(lse, dim=0)
 
 
 def topk_candidates(q, k, lse, topk: int, scale: float, exclude_self: bool, key_offset: int,
-                    num_splits: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    num_splits: int | None = None,
+                    rows_per_program: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Pass 2: per row, the best `topk` keys of each split, unsorted: values (S, N, KP) fp32 (head
-    sums of probabilities, -inf for empty slots) and int32 indices (S, N, KP)."""
+    sums of probabilities, -inf for empty slots) and int32 indices (S, N, KP). rows_per_program:
+    "block" or "all" (module docstring), None: DEFAULT_ROWS_PER_PROGRAM."""
     if not 1 <= topk <= MAX_TOPK:
         raise ValueError(f"neighbour_targets: Triton top-k needs 1 <= k <= {MAX_TOPK}, got {topk}")
     H, N, D = q.shape
     M = k.shape[1]
-    bm, bn, bd, kp = tile(N, 64), tile(M, 64), next_pow2(D), next_pow2(topk, lo=2)
+    bm, bn, warps, strategy = _tiles(N, M, rows_per_program)
+    bd, kp = next_pow2(D), next_pow2(topk, lo=2)
     n_m = triton.cdiv(N, bm)
-    splits, kps = _splits(n_m, M, bn, q.device, num_splits)
+    # "all" has one row block for N <= 256, so the automatic split count grows (up to 2 x SMs programs);
+    # the cap keeps the merge's per-row candidate list (S x KP, in registers) small; "block" unchanged
+    cap = MAX_SPLIT_CANDIDATES // kp if strategy == "all" else None
+    splits, kps = _splits(n_m, M, bn, q.device, num_splits, cap)
     top_v = torch.empty((splits, N, kp), device=q.device, dtype=torch.float32)
     top_i = torch.empty((splits, N, kp), device=q.device, dtype=torch.int32)
     lse = lse.contiguous()
@@ -176,7 +236,7 @@ def topk_candidates(q, k, lse, topk: int, scale: float, exclude_self: bool, key_
         q, k, lse, top_v, top_i, *q.stride(), *k.stride(), *lse.stride(), *top_v.stride(),
         N, M, D, H, kps, int(key_offset), float(scale) * LOG2E,
         K_TOP=topk, KP=kp, EXCLUDE_SELF=bool(exclude_self), BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd,
-        PRECISION=dot_precision(q.dtype), num_warps=4, num_stages=2,
+        PRECISION=dot_precision(q.dtype), num_warps=warps, num_stages=2,
     )
     return top_v, top_i
 

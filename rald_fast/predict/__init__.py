@@ -5,7 +5,7 @@
     p.predict(images).fine                       # aligned face crops, any size
     p.predict_faces("photo.jpg")                 # every face of a photo
 
-- `predictor`: `Predictor`, one API over every artifact (the Python "engine"; not to be confused
+- `predictor`: `Predictor`, one API over every artifact (not to be confused
   with a serialized TensorRT engine, which is one of the artifacts it loads).
 - `faces`: face detection (OpenCV's bundled Haar cascade), square crops, drawing.
 - `pipeline`: detect -> crop -> batched prediction over many photos and frames, and the output rows.

@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="write rows to this file instead of stdout")
     p.add_argument("--topk", type=int, default=3, help="probabilities kept per face (default 3)")
     p.add_argument("--batch-size", type=int, default=32,
-                   help="faces per engine call, across photos and frames (default 32)")
+                   help="faces per predictor call, across photos and frames (default 32)")
     p.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
                    help=f"crop margin per side, fraction of the face box (default {DEFAULT_MARGIN})")
     p.add_argument("--min-face", type=int, default=DEFAULT_MIN_FACE,

@@ -8,7 +8,7 @@ the border pixels, so the face stays centred as in aligned datasets (RAF-DB "ali
 resized by `rald_fast.preprocess.resize_square`, the resize training uses.
 
 `predict_faces(predictor, image)` is the Python API of `python -m rald_fast.predict`; both run the
-engine's batch-independent `Predictor.predict`, so a face's answer does not depend on the others.
+predictor's batch-independent `Predictor.predict`, so a face's answer does not depend on the others.
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def whole_image(image: np.ndarray) -> Box:
 
 
 def to_results(predictions, boxes: list[Box], taxonomy, topk: int = 3) -> list[FaceResult]:
-    """The engine's `Predictions` for a batch of crops, one `FaceResult` per box.
+    """The predictor's `Predictions` for a batch of crops, one `FaceResult` per box.
 
     The coarse probability is the coarse group's column of `coarse_probs` (the summed probability
     of its fine labels), in `taxonomy.coarse` order.
@@ -172,25 +172,19 @@ def predict_faces(predictor, image, detector=None, margin: float = DEFAULT_MARGI
         detect: False treats the whole image as one aligned face crop, resized whole (no margin,
             no padding) as the training images are.
         topk: how many (label, probability) pairs each result keeps.
-        batch_size: faces per engine call (capped by `predictor.max_batch`).
+        batch_size: faces per predictor call (capped by `predictor.max_batch`).
 
     Returns:
         One FaceResult per face, left to right; an empty list when no face is found.
     """
-    image = load_image(image)
-    if detect:
-        boxes = (detector or default_detector(min_face))(image)
-    else:
-        boxes = [whole_image(image)]
-    size = predictor.preprocess.image_size
-    crops = ([crop_face(image, b, size, margin) for b in boxes] if detect
-             else [resize_square(image, size)])
-    results: list[FaceResult] = []
-    step = max(1, min(batch_size, predictor.max_batch or batch_size))
-    for i in range(0, len(crops), step):
-        pred = predictor.predict(np.stack(crops[i:i + step]))
-        results += to_results(pred, boxes[i:i + step], predictor.taxonomy, topk)
-    return results
+    from rald_fast.predict.pipeline import FacePipeline
+
+    done = []
+    pipe = FacePipeline(predictor, done.append, (detector or default_detector(min_face)) if detect else None,
+                        margin, topk, batch_size)
+    pipe.add("image", 0, load_image(image))
+    pipe.flush()
+    return done[0].results
 
 
 # --- drawing ----------------------------------------------------------------------------------

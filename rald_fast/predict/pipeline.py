@@ -1,8 +1,8 @@
-"""Faces from many photos and frames in engine-sized batches, and the rows that report them.
+"""Faces from many photos and frames in predictor-sized batches, and the rows that report them.
 
 `FacePipeline` detects and crops the faces of each frame it is given, queues the crops, and calls
-the engine once the queue holds `batch_size` faces, so a folder of one-face photos runs at the
-engine's batch throughput instead of batch 1. Frames come out in the order they went in (an input
+the predictor once the queue holds `batch_size` faces, so a folder of one-face photos runs at the
+predictor's batch throughput instead of batch 1. Frames come out in the order they went in (an input
 that failed, or a frame without a face, keeps its place), each with its `FaceResult`s. Answers do
 not depend on the batch they were computed in: `Predictor.predict` is batch-independent.
 
@@ -48,7 +48,7 @@ class FacePipeline:
         emit: called with each finished Frame, in input order.
         detector: image -> list[Box]; None treats every image as one aligned crop (`--no-detect`).
         margin: crop margin per side, as a fraction of the face box side.
-        batch_size: faces per engine call (capped by `predictor.max_batch`).
+        batch_size: faces per predictor call (capped by `predictor.max_batch`).
         keep_images: keep each frame's pixels for `emit` (annotation).
     """
 
@@ -67,7 +67,7 @@ class FacePipeline:
         self._crops: list[np.ndarray] = []
 
     def add(self, source: str, index: int, image: np.ndarray, tag=None) -> None:
-        """Queue the faces of one RGB frame; runs the engine when a batch is full."""
+        """Queue the faces of one RGB frame; runs the predictor when a batch is full."""
         t0 = time.perf_counter()
         boxes = self.detector(image) if self.detector is not None else [whole_image(image)]
         t1 = time.perf_counter()

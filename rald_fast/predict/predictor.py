@@ -33,9 +33,6 @@ SUFFIXES = {".pt": "checkpoint", ".pth": "checkpoint", ".ckpt": "checkpoint", ".
             ".ep": "torch_tensorrt"}
 
 
-# A model artifact or an input the engine cannot use; the message says what was expected. The same
-# class as the exporter's, so `except EngineError` also catches metadata and version checks.
-EngineError = ArtifactError
 
 
 @dataclass
@@ -117,18 +114,18 @@ class Predictor:
         only (exported artifacts have theirs built in): None = bank if stored, else self."""
         path = Path(path)
         if not path.is_file():
-            raise EngineError(f"{path}: no such model file")
+            raise ArtifactError(f"{path}: no such model file")
         kind = backend or SUFFIXES.get(path.suffix.lower())
         if kind not in set(SUFFIXES.values()):
-            raise EngineError(f"{path}: unknown model kind {path.suffix or backend!r}; expected a checkpoint "
+            raise ArtifactError(f"{path}: unknown model kind {path.suffix or backend!r}; expected a checkpoint "
                               f"(.pt), .onnx, .pt2, .ts, a TensorRT .engine or a Torch-TensorRT .ep")
         if itrr_mode is not None and kind != "checkpoint":
-            raise EngineError(f"{path}: itrr_mode applies to checkpoints only; a {kind} artifact's mode "
+            raise ArtifactError(f"{path}: itrr_mode applies to checkpoints only; a {kind} artifact's mode "
                               f"was fixed at export (python export/build_trt.py --itrr-mode)")
         try:
             dev = resolve_device(device)
         except ValueError as e:
-            raise EngineError(str(e)) from None
+            raise ArtifactError(str(e)) from None
         return getattr(cls, f"_load_{kind}")(path, dev, itrr_mode)
 
     @classmethod
@@ -140,7 +137,7 @@ class Predictor:
         try:
             loaded = load_model(path, device)
         except (CheckpointError, KeyError) as e:
-            raise EngineError(f"{path}: not a rald_fast training checkpoint ({e})") from None
+            raise ArtifactError(f"{path}: not a rald_fast training checkpoint ({e})") from None
         folded = fold(loaded.model, loaded.preprocess, itrr_mode).eval()
         if device.type == "cpu":
             folded = folded.to(memory_format=torch.channels_last)
@@ -162,7 +159,7 @@ class Predictor:
         try:
             props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
         except Exception as e:  # onnx raises DecodeError and friends from protobuf
-            raise EngineError(f"{path}: not a readable ONNX file ({type(e).__name__}: {e})") from None
+            raise ArtifactError(f"{path}: not a readable ONNX file ({type(e).__name__}: {e})") from None
         meta = check_metadata(json.loads(props[METADATA_KEY]) if METADATA_KEY in props else None, path)
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
@@ -185,7 +182,7 @@ class Predictor:
         try:
             package = torch._inductor.aoti_load_package(str(path))
         except Exception as e:  # noqa: BLE001  AOTI raises RuntimeError / zipfile errors / ...
-            raise EngineError(f"{path}: cannot load as an AOTInductor package ({type(e).__name__}: {e}); "
+            raise ArtifactError(f"{path}: cannot load as an AOTInductor package ({type(e).__name__}: {e}); "
                               f"a .pt2 must be built on a machine like this one (same CPU ISA or GPU)") from None
         stored = package.get_metadata().get(METADATA_KEY)
         meta = check_metadata(json.loads(stored) if stored else sidecar, path)
@@ -213,7 +210,7 @@ class Predictor:
 
         gap = trt_export.missing(need_torch_tensorrt=False)
         if gap:
-            raise EngineError(f"{path}: cannot run a TensorRT engine here: {gap}")
+            raise ArtifactError(f"{path}: cannot run a TensorRT engine here: {gap}")
         meta = read_sidecar(path, require_hash=True)
         runner = trt_export.EngineRunner(path)
         return cls(lambda x: runner(x)["probs"], meta, path, "tensorrt", torch.device("cuda"),
@@ -225,7 +222,7 @@ class Predictor:
 
         gap = trt_export.missing()
         if gap:
-            raise EngineError(f"{path}: cannot run a Torch-TensorRT program here: {gap}")
+            raise ArtifactError(f"{path}: cannot run a Torch-TensorRT program here: {gap}")
         import torch_tensorrt  # noqa: F401
 
         meta = read_sidecar(path)
@@ -246,14 +243,14 @@ class Predictor:
         elif isinstance(images, np.ndarray) and images.ndim in (2, 3):
             images = [images]
         if not isinstance(images, (list, tuple)):
-            raise EngineError(f"images must be uint8 RGB numpy arrays (N, H, W, 3), (H, W, 3) or a list of "
+            raise ArtifactError(f"images must be uint8 RGB numpy arrays (N, H, W, 3), (H, W, 3) or a list of "
                               f"them, got {type(images).__name__}")
         out = np.empty((len(images), s, s, 3), dtype=np.uint8)
         for i, im in enumerate(images):
             try:
                 out[i] = resize_square(as_rgb_array(im, f"image {i}"), s)
             except ValueError as e:
-                raise EngineError(str(e)) from None
+                raise ArtifactError(str(e)) from None
         return torch.from_numpy(out).permute(0, 3, 1, 2).float().contiguous()
 
     def predict(self, images, batch_size: int | None = None) -> Predictions:
