@@ -6,12 +6,18 @@
 - "checks": Triton vs the float64 reference per case and dtype, run with TF32 off (`exact_fp32`:
   the kernels' fp32 `tl.dot` follows torch's matmul precision): max errors of the output and of every
   gradient, PyTorch's own error in that dtype, pass = err <= 2 x PyTorch's + atol (flash-attention's
-  rule); top-k index agreement, D error and the kernel's extra peak memory;
+  rule); top-k index agreement, D error and the kernel's extra peak memory, for both tile strategies
+  of the top-k kernels (`rows_per_program` in the row: "block", "all");
 - "attention" / "topk": one row per (case, implementation, mode), bf16, timed three ways: do_bench
   (median and 20/80 % quantiles, ms), a launch-bound loop of back-to-back calls (`loop_ms`) and CUDA
   graph replay (`graph_ms`); TFLOP/s, peak extra memory, and whether TF32 was on (`tf32`);
 - "targets": the kernel targets of docs/PERFORMANCE.md per timing kind (fwd+bwd >= 3x eager and
-  >= compiled flex_attention; top-k over 65,536 keys >= 5x the PyTorch path: matmul, softmax, head mean, topk, gather).
+  >= compiled flex_attention; top-k over 65,536 keys >= 5x the PyTorch path: matmul, softmax, head mean, topk, gather),
+  for each top-k tile strategy, and the ratio of the two strategies' times (default / "all": > 1 when
+  "all" is faster), from which topk_triton.DEFAULT_ROWS_PER_PROGRAM is to be chosen.
+The top-k rows time "triton" (the kernels' default strategy, "block" until measured otherwise) and
+"triton_all" (rows_per_program="all": one row block of all N <= 256 queries, each key tile read once
+per pass) side by side, same cases, same timing kinds.
 Every step is guarded: an error is recorded under "errors" and the run goes on, so one device session
 returns everything it could measure; the suite's alarm (TimeoutError) is not swallowed but ends the
 run, and `save` is called after every row, so what was measured is on disk.
@@ -38,7 +44,8 @@ except ImportError:  # run as a script: bench/ and the repository root (rald_fas
     sys.path[:0] = [str(_here), str(_here.parent)]
     import kernel_cases as kc
 
-from rald_fast.kernels import attention, attention_ref, neighbour_targets, neighbour_targets_ref
+from rald_fast.kernels import (attention, attention_ref, neighbour_targets, neighbour_targets_ref,
+                               neighbour_targets_triton)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 CHECK_ATTN = ["hlrr_c39", "lgifo_n256", "itrr_n256", "itrr_bank64k_n128"]
@@ -111,29 +118,47 @@ def _check_attention(case: kc.AttnCase, dtype_name: str, device: str) -> dict:
     return row
 
 
-def check_topk(case: kc.TopkCase, dtype_name: str, device: str = "cuda") -> dict:
-    """Triton vs the reference with TF32 off: index agreement, D error, extra peak memory (CUDA)."""
+TOPK_IMPLS = ("reference", "torch_topk", "triton", "triton_all")  # timed; kernel_cases.TOPK_IMPLS
+TOPK_ROWS = {"triton": None, "triton_all": "all"}  # the Triton impls' rows_per_program (None: the default)
+
+
+def topk_rows(rows_per_program: str | None) -> str:
+    """The tile strategy a top-k row ran with: rows_per_program, or the kernels' default for None."""
+    from rald_fast.kernels import topk_triton  # needs triton: only where a top-k kernel runs
+
+    return rows_per_program or topk_triton.DEFAULT_ROWS_PER_PROGRAM
+
+
+def check_topk(case: kc.TopkCase, dtype_name: str, device: str = "cuda", rows_per_program: str | None = None) -> dict:
+    """Triton vs the reference with TF32 off: index agreement, D error, extra peak memory (CUDA).
+    rows_per_program: the kernels' tile strategy ("block", "all"); None: the public dispatcher
+    (neighbour_targets, backend="triton") with the kernels' default."""
     with exact_fp32():
-        return _check_topk(case, dtype_name, device)
+        return _check_topk(case, dtype_name, device, rows_per_program)
 
 
-def _check_topk(case: kc.TopkCase, dtype_name: str, device: str) -> dict:
+def _check_topk(case: kc.TopkCase, dtype_name: str, device: str, rows_per_program: str | None) -> dict:
     inp = kc.topk_inputs(case, device, DTYPES[dtype_name])
     cuda = device == "cuda"
     if cuda:
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-    d, idx, _ = neighbour_targets(inp["q"], inp["k"], inp["p"], case.k, kc.SCALE,
-                                  key_offset=inp["key_offset"], backend="triton")
+    if rows_per_program is None:
+        d, idx, _ = neighbour_targets(inp["q"], inp["k"], inp["p"], case.k, kc.SCALE,
+                                      key_offset=inp["key_offset"], backend="triton")
+    else:
+        d, idx, _ = neighbour_targets_triton(inp["q"], inp["k"], inp["p"], case.k, kc.SCALE,
+                                             key_offset=inp["key_offset"], rows_per_program=rows_per_program)
     extra = torch.cuda.max_memory_allocated() - base if cuda else float("nan")
     d_ref, idx_ref, _ = neighbour_targets_ref(inp["q"], inp["k"], inp["p"], case.k, kc.SCALE,
                                               key_offset=inp["key_offset"])
     same = (idx == idx_ref).all(1)
     d_err = _max_err(d[same], d_ref[same]) if same.any() else float("nan")
     agree = same.float().mean().item()
-    return {"case": case.name, "dtype": dtype_name, "tf32": False, "idx_rows_equal": agree,
-            "d_err_equal_rows": d_err, "extra_peak_mb": extra / 2**20, "ok": bool(agree >= 0.99 and d_err <= 1e-4)}
+    return {"case": case.name, "dtype": dtype_name, "rows_per_program": topk_rows(rows_per_program), "tf32": False,
+            "idx_rows_equal": agree, "d_err_equal_rows": d_err, "extra_peak_mb": extra / 2**20,
+            "ok": bool(agree >= 0.99 and d_err <= 1e-4)}
 
 
 def _peak_extra_mb(step) -> float:
@@ -205,10 +230,11 @@ def bench_topk(out: dict, cases, rep_ms: int, save=None) -> None:
     rows = out.setdefault("topk", [])
     for case in cases:
         inp = kc.topk_inputs(case, "cuda", torch.bfloat16)
-        for impl in ("reference", "torch_topk", "triton"):
+        for impl in TOPK_IMPLS:
             t = _guard(out, f"topk {case.name} {impl}", _time, kc.topk_step(impl, case, inp), rep_ms)
             if t is not None:
-                rows.append(dict(case=case.name, impl=impl, dtype="bf16", **t,
+                extra = {"rows_per_program": topk_rows(TOPK_ROWS[impl])} if impl in TOPK_ROWS else {}
+                rows.append(dict(case=case.name, impl=impl, dtype="bf16", **extra, **t,
                                  tflops=kc.topk_flops(case) / (t["ms"] * 1e-3) / 1e12))
             if save:
                 save()
@@ -223,7 +249,7 @@ def summarise_targets(out: dict) -> dict:
     for kind in ("ms", "loop_ms", "graph_ms"):
         ms = {(r["case"], r["impl"], r.get("mode")): r[kind] for r in rows if r.get(kind)}
         for (case, impl, mode), t in ms.items():
-            if impl != "triton":
+            if impl not in ("triton", "triton_all"):
                 continue
             if mode == "fwd_bwd":
                 eager, flex = ms.get((case, "eager", mode)), ms.get((case, "flex", mode))
@@ -232,7 +258,11 @@ def summarise_targets(out: dict) -> dict:
                     targets[f"attention {case} [{kind}]: speedup vs flex (>= 1)"] = flex / t
             elif mode is None and case.startswith("bank64k"):
                 base = ms.get((case, "torch_topk", None))  # matmul, softmax, head mean, topk, gather
-                targets[f"topk {case} [{kind}]: speedup vs the PyTorch path (>= 5)"] = base / t if base else None
+                label = "" if impl == "triton" else " rows_per_program=all"
+                targets[f"topk {case}{label} [{kind}]: speedup vs the PyTorch path (>= 5)"] = base / t if base else None
+                if impl == "triton_all" and ms.get((case, "triton", None)):  # the default's choice, no target
+                    targets[f"topk {case} [{kind}]: default / all time (> 1: all faster)"] = (
+                        ms[(case, "triton", None)] / t)
     return targets
 
 
@@ -247,8 +277,8 @@ def plan(quick: bool) -> dict:
     else:
         checks = [(c, dt) for c in [by_name[n] for n in CHECK_ATTN] + ODD_CASES for dt in ("fp32", "fp16", "bf16")]
         attn, flex, topk = kc.ATTN_CASES, FLEX_CASES, kc.TOPK_CASES
-    topk_checks = [(c, dt) for c in kc.TOPK_CASES if c.name in ("batch_n256", "bank64k_n256")
-                   for dt in ("bf16", "fp32")]
+    topk_checks = [(c, dt, rows) for c in kc.TOPK_CASES if c.name in ("batch_n256", "bank64k_n256")
+                   for dt in ("bf16", "fp32") for rows in (None, "all")]
     return dict(checks=checks, topk_checks=topk_checks, attn=attn, flex=flex, topk=topk)
 
 
@@ -262,16 +292,22 @@ def estimate_seconds(p: dict) -> dict:
     """An honest cost of `plan(...)`: count the compiles rather than guess a total. Triton kernels
     specialise on dtype, bias, block sizes and the integer arguments' divisibility by 16, so each
     attention check compiles its forward and its backward (1 fused, or 2 split kernels) unless an
-    earlier check had the same key; each top-k dtype compiles 3 kernels."""
+    earlier check had the same key; each top-k (dtype, tile strategy) compiles 3 kernels, "all" once
+    more per row-block size (BLOCK_M = next power of two >= N, <= 256) of its checks and timed cases."""
     keys = set()
     for case, dt in p["checks"]:
         keys.add((case.Lq > 256 or case.Lk > 256, case.bias, dt, case.Lq % 16 == 0, case.Lk % 16 == 0, case.D))
     for case in p["attn"]:  # bf16 timing rows
         keys.add((case.Lq > 256 or case.Lk > 256, case.bias, "bf16", case.Lq % 16 == 0, case.Lk % 16 == 0, case.D))
     attn_compiles = sum(3 if big else 2 for big, *_ in keys)
-    topk_compiles = 3 * len({dt for _, dt in p["topk_checks"]})
+    def topk_key(case, dt, rows):
+        return (dt, rows) if rows != "all" else (dt, rows, min(256, 1 << max(0, case.N - 1).bit_length()))
+
+    topk_keys = {topk_key(*c) for c in p["topk_checks"]}
+    topk_keys |= {topk_key(case, "bf16", TOPK_ROWS[impl]) for case in p["topk"] for impl in TOPK_ROWS}
+    topk_compiles = 3 * len(topk_keys)
     flex_compiles = 2 * len(p["flex"])
-    rows = 2 * len(p["attn"]) * len(ATTN_IMPLS) + 3 * len(p["topk"])
+    rows = 2 * len(p["attn"]) * len(ATTN_IMPLS) + len(TOPK_IMPLS) * len(p["topk"])
     seconds = ((attn_compiles + topk_compiles) * TRITON_COMPILE_S + flex_compiles * FLEX_COMPILE_S
                + rows * ROW_S + 2 * (len(p["checks"]) + len(p["topk_checks"])))
     return dict(triton_compiles=attn_compiles + topk_compiles, flex_compiles=flex_compiles, timed_rows=rows,
@@ -295,8 +331,8 @@ def run_kernel_checks_and_bench(out: dict, *, quick: bool = False, rep_ms: int =
         if row is not None:
             checks.append(row)
         save()
-    for case, dt in p["topk_checks"]:
-        row = _guard(out, f"check topk {case.name} {dt}", check_topk, case, dt)
+    for case, dt, rows in p["topk_checks"]:
+        row = _guard(out, f"check topk {case.name} {dt} {rows or 'default'}", check_topk, case, dt, "cuda", rows)
         if row is not None:
             checks.append(row)
         save()

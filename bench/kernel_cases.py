@@ -8,7 +8,9 @@ Each attention case is run by up to four implementations:
 - "flex": `flex_attention` compiled, the bias looked up in a score_mod (CUDA only);
 - "triton": rald_fast's fused kernels (CUDA only).
 Top-k cases: "reference" (materialised relation, stable sort), "torch_topk" (materialised relation,
-`torch.topk` + gather: the usual way), "triton" (two streaming passes, O(N k) memory).
+`torch.topk` + gather: the usual way), "triton" (two streaming passes, O(N k) memory, the kernels'
+default tile strategy) and "triton_all" (the same with rows_per_program="all": one program's rows
+cover all N <= 256 queries, so each key tile is read once per pass; topk_triton.py's docstring).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from rald_fast.kernels import attention, attention_ref, neighbour_targets, neighbour_targets_ref
+from rald_fast.kernels import (attention, attention_ref, neighbour_targets, neighbour_targets_ref,
+                               neighbour_targets_triton)
 
 SCALE = 0.125  # lambda = 1 / sqrt(64)
 SIGMA = 500  # eq. (9): bucket of unreachable label pairs; table size sigma + 1
@@ -205,6 +208,8 @@ TOPK_IMPLS = {
     "reference": lambda q, k, p, topk, off: neighbour_targets_ref(q, k, p, topk, SCALE, key_offset=off),
     "torch_topk": _torch_topk,
     "triton": lambda q, k, p, topk, off: neighbour_targets(q, k, p, topk, SCALE, key_offset=off, backend="triton"),
+    "triton_all": lambda q, k, p, topk, off: neighbour_targets_triton(q, k, p, topk, SCALE, key_offset=off,
+                                                                      rows_per_program="all"),
 }
 
 

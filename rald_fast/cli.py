@@ -4,6 +4,7 @@ options several commands share are declared once."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -27,6 +28,13 @@ def run_cli(main) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def setup_logging() -> None:
+    """INFO lines without decoration for the commands; chatty libraries at WARNING."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for name in ("gensim", "matplotlib"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def add_device_option(p: argparse.ArgumentParser, what: str = "where the model runs") -> None:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from pathlib import Path
 
-from rald_fast.cli import add_checkpoint_option, add_data_root_option, add_device_option
+from rald_fast.cli import add_checkpoint_option, add_data_root_option, add_device_option, setup_logging
 from rald_fast.config import ITRR_MODES
 
 
@@ -49,8 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("gensim").setLevel(logging.WARNING)
+    setup_logging()
     from rald_fast.evaluate.metrics import compute_metrics, predict_split
     from rald_fast.evaluate.reports import plot_confusion, table1_csv, table1_markdown
     from rald_fast.evaluate.run import load_run

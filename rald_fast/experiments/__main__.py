@@ -22,11 +22,10 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
-from rald_fast.cli import add_device_option, run_cli
+from rald_fast.cli import add_device_option, run_cli, setup_logging
 from rald_fast.config import ITRR_MODES
 from rald_fast.experiments.common import add_budget_arguments, experiment_dir
 from rald_fast.experiments.study import NOISE, RELATIONS
@@ -100,9 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("gensim").setLevel(logging.WARNING)
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    setup_logging()
     if args.command in ("ablation", "ksweep", "noise", "study"):
         from rald_fast.experiments import ablation, study, sweeps
 

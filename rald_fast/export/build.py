@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from rald_fast.cli import add_device_option
+from rald_fast.cli import add_device_option, setup_logging
 from rald_fast.device import resolve_device
 from rald_fast.export import tensorrt as trt_export
 from rald_fast.export.artifacts import OUTPUT_NAMES, ArtifactError, build_metadata, write_sidecar
@@ -100,7 +100,7 @@ def summary_table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging()
     from rald_fast.models import load_model
     from rald_fast.models.folded import fold
 

@@ -88,9 +88,15 @@ def neighbour_targets_ref(q: Tensor, k: Tensor, p: Tensor, topk: int, scale: flo
 @torch.no_grad()
 def neighbour_targets_triton(q: Tensor, k: Tensor, p: Tensor, topk: int, scale: float, *,
                              exclude_self: bool = True, key_offset: int = 0,
-                             num_splits: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """Streaming Triton NNLDL targets (module docstring); num_splits: key splits (None: automatic)."""
+                             num_splits: int | None = None,
+                             rows_per_program: str | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Streaming Triton NNLDL targets (module docstring); num_splits: key splits (None: automatic);
+    rows_per_program: the kernels' tile strategy, "block" (64 query rows per program) or "all" (one
+    program's rows cover all N <= 256; topk_triton's docstring), None: topk_triton's default."""
     _check(q, k, p)
+    if rows_per_program is not None and rows_per_program not in _tri.ROWS_PER_PROGRAM:
+        raise ValueError(f"neighbour_targets: rows_per_program must be one of {_tri.ROWS_PER_PROGRAM} or None, "
+                         f"got {rows_per_program!r}")
     N, M = q.shape[1], k.shape[1]
     k_eff = clamp_topk(topk, N, M, exclude_self, key_offset)
     if k_eff == 0 or N == 0:
@@ -100,6 +106,7 @@ def neighbour_targets_triton(q: Tensor, k: Tensor, p: Tensor, topk: int, scale: 
     if q.shape[2] > _tri.MAX_HEAD_DIM:
         raise ValueError(f"neighbour_targets: the Triton top-k needs head dims <= {_tri.MAX_HEAD_DIM}, "
                          f"got {q.shape[2]}; use backend='reference' or 'auto'")
-    lse = _tri.row_lse(q, k, scale, num_splits)  # (H, N) pass 1
-    top_v, top_i = _tri.topk_candidates(q, k, lse, k_eff, scale, exclude_self, key_offset, num_splits)
+    lse = _tri.row_lse(q, k, scale, num_splits, rows_per_program)  # (H, N) pass 1
+    top_v, top_i = _tri.topk_candidates(q, k, lse, k_eff, scale, exclude_self, key_offset, num_splits,
+                                        rows_per_program)
     return _tri.merge_aggregate(top_v, top_i, p, k_eff)  # merge by (value desc, index asc), eq. 18

@@ -22,13 +22,14 @@ keys seen so far. Relations are fp32; q . k uses `tl.dot` with fp32 accumulation
 Tile strategies (`rows_per_program` of the launchers, `neighbour_targets_triton`):
 - "block" (the default): BLOCK_M = 64 query rows per program (`tile(N, 64)`), BLOCK_N = 64 keys,
   4 warps; the grid has cdiv(N, 64) row blocks, so each key tile is loaded once per row block and
-  pass: 4 times for N = 256 (mostly from L2, the row blocks of one split being neighbours in the
-  grid).
+  pass: 4 times for N = 256 (the row blocks of one split are neighbours in the grid, so the repeats
+  may well come from L2).
 - "all": one row block covers all N <= 256 rows (BLOCK_M = next power of two >= N; blocks of 256
   rows beyond), so each key tile is loaded once per (head, split) and pass; the key splits supply the
   parallelism instead (`_splits`: about 2 programs per SM), capped so that the merge's S x KP
-  candidates stay <= MAX_SPLIT_CANDIDATES. Its tiles (`_tiles`): BLOCK_N = 32 and 8 warps once
-  BLOCK_M > 64, for register pressure; for N <= 64 it is the "block" tiling.
+  candidates stay <= MAX_SPLIT_CANDIDATES. Its tiles (`_tiles`, register counts there): 8 warps once
+  BLOCK_M > 64, and BLOCK_N = 32 in pass 2 for register pressure (64 in pass 1); for N <= 64 it is
+  the "block" tiling.
 Neither is a clear win on paper: "all" loads K a quarter as often at N = 256, but pass 2 reloads the
 q tile of every head for every key block (H x BLOCK_M x D per BLOCK_N keys, from L2), which with
 BLOCK_N = 32 is twice "block"'s q traffic, and its skip test (no row of the tile can enter its top-k)
@@ -156,31 +157,32 @@ ALL_ROWS_MAX = 256  # "all": one row block up to this many query rows (RALD's ba
 MAX_SPLIT_CANDIDATES = 4096  # "all": automatic splits keep S x KP <= this (the merge holds a row's list)
 
 
-def _tiles(N: int, M: int, rows_per_program: str | None) -> tuple[int, int, int, str]:
-    """(BLOCK_M, BLOCK_N, num_warps, strategy) of both passes for `rows_per_program` (None: the default).
+def _tiles(N: int, M: int, rows_per_program: str | None) -> tuple[str, int, int, int, int]:
+    """(strategy, BLOCK_M, pass 1's BLOCK_N, pass 2's BLOCK_N, num_warps) for `rows_per_program`
+    (None: DEFAULT_ROWS_PER_PROGRAM).
 
-    "block": 64 x 64 tiles, 4 warps (128 threads). "all": BLOCK_M = next power of two >= N, at most
-    ALL_ROWS_MAX. Register budget, 64-bit registers aside: a program's fp32 tiles are spread over its
-    threads, so at BLOCK_M = 256 each thread of 8 warps (256 threads) holds per 256 x BLOCK_N tile
-    BLOCK_N values. Pass 2 keeps at once the relation sum r and the q . k product (two tiles), the q
-    tile (256 x 64 bf16: 32 registers), the k tile and the running top-k (2 x 256 x KP: 16 registers
-    at k <= 8, 64 at k = 32). With BLOCK_N = 32 that is about 64 + 32 + 64 = 160 of the 255 a thread
-    may have, no spill up to k = 32; BLOCK_N = 64 doubles the two tiles (about 224) and 4 warps would
-    double everything: both spill at k = 32 (ptxas -v for sm_90, see the report of this change). 8 warps
-    also give tl.dot two warp groups (wgmma's 64-row granules: 4 per 256-row tile). Pass 1 holds q,
-    the score tile and its exponential: lighter, same tiles. At BLOCK_M <= 64 (N <= 64) "all" and
-    "block" coincide: the same tiles.
+    "block": 64 x 64 tiles, 4 warps. "all": BLOCK_M = next power of two >= N, at most ALL_ROWS_MAX;
+    at BLOCK_M <= 64 (N <= 64) it is the "block" tiling. Beyond, register pressure sets the tiles:
+    pass 2 holds the relation sum r and the q . k product (two fp32 BLOCK_M x BLOCK_N tiles), a q
+    tile (BLOCK_M x D, reloaded per head), a k tile and the running top-k (two BLOCK_M x KP tiles), so
+    it is kept to 8 warps (256 threads, 255 registers each at most) and BLOCK_N = 32 keys, and pass 1
+    (q, a score tile and its exponential) keeps "block"'s BLOCK_N = 64. ptxas -v for sm_90a at
+    BLOCK_M = 256, D = 64, bf16, with the launch's specialisation (unit strides, 16-divisible ints):
+    pass 2 at BLOCK_N = 32, 8 warps uses 203 registers at k = 5 and 243 at k = 32, no spill; BLOCK_N =
+    64 uses 246 at k = 5 and spills at k = 32; 4 warps spill already at k = 5 ("block", 64 x 64 on 4
+    warps: 159 at k = 5, 187 at k = 32); 16 warps at BLOCK_N = 32 would use 112 to 127 (an
+    alternative for the GPU to judge: more warps per SM, more cross-warp work). Pass 1
+    at 256 x 64 on 8 warps: 99 registers. At BLOCK_M = 128 pass 2 uses 123 (k = 5) to 149 (k = 32).
+    8 warps are also two warp groups for tl.dot (wgmma's 64-row granules).
     """
     strategy = DEFAULT_ROWS_PER_PROGRAM if rows_per_program is None else rows_per_program
-    if strategy == "block":
-        return tile(N, 64), tile(M, 64), 4, strategy
-    if strategy != "all":
+    if strategy not in ROWS_PER_PROGRAM:
         raise ValueError(f"neighbour_targets: rows_per_program must be one of {ROWS_PER_PROGRAM}, got "
                          f"{rows_per_program!r}")
-    bm = min(next_pow2(N), ALL_ROWS_MAX)
-    if bm <= 64:
-        return bm, tile(M, 64), 4, strategy
-    return bm, tile(M, 32), 8, strategy
+    bm = tile(N, 64) if strategy == "block" else min(next_pow2(N), ALL_ROWS_MAX)
+    if bm <= 64 or strategy == "block":
+        return strategy, bm, tile(M, 64), tile(M, 64), 4
+    return strategy, bm, tile(M, 64), tile(M, 32), 8
 
 
 def _splits(n_programs: int, M: int, block_n: int, device: torch.device, num_splits: int | None,
@@ -200,7 +202,7 @@ def row_lse(q: torch.Tensor, k: torch.Tensor, scale: float, num_splits: int | No
     rows_per_program: "block" or "all" (module docstring), None: DEFAULT_ROWS_PER_PROGRAM."""
     H, N, D = q.shape
     M = k.shape[1]
-    bm, bn, warps, _ = _tiles(N, M, rows_per_program)
+    _, bm, bn, _, warps = _tiles(N, M, rows_per_program)
     bd = next_pow2(D)
     n_m = triton.cdiv(N, bm)
     splits, kps = _splits(n_m * H, M, bn, q.device, num_splits)
@@ -222,7 +224,7 @@ def topk_candidates(q, k, lse, topk: int, scale: float, exclude_self: bool, key_
         raise ValueError(f"neighbour_targets: Triton top-k needs 1 <= k <= {MAX_TOPK}, got {topk}")
     H, N, D = q.shape
     M = k.shape[1]
-    bm, bn, warps, strategy = _tiles(N, M, rows_per_program)
+    strategy, bm, _, bn, warps = _tiles(N, M, rows_per_program)
     bd, kp = next_pow2(D), next_pow2(topk, lo=2)
     n_m = triton.cdiv(N, bm)
     # "all" has one row block for N <= 256, so the automatic split count grows (up to 2 x SMs programs);

@@ -80,6 +80,14 @@ class Predictions:
         return len(self.probs)
 
 
+def _probs_of(module, device: torch.device):
+    """x -> probs of a module that returns (logits, probs), run on `device` without autograd."""
+    @torch.no_grad()
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return module(x.to(device))[1]
+    return run
+
+
 class Predictor:
     """Loads any rald_fast artifact and predicts fine/coarse/valence labels for RGB images."""
 
@@ -144,10 +152,7 @@ class Predictor:
         meta = build_metadata(loaded.cfg, loaded.taxonomy, loaded.preprocess, folded.itrr_mode, str(path),
                               trained_on=loaded.provenance)
 
-        @torch.no_grad()
-        def run(x: torch.Tensor) -> torch.Tensor:
-            return folded(x.to(device))[1]
-        predictor = cls(run, meta, path, "checkpoint", device)
+        predictor = cls(_probs_of(folded, device), meta, path, "checkpoint", device)
         predictor.module = folded
         return predictor
 
@@ -188,10 +193,7 @@ class Predictor:
         meta = check_metadata(json.loads(stored) if stored else sidecar, path)
         target = torch.device(package.get_metadata().get("AOTI_DEVICE_KEY", "cpu"))
 
-        @torch.no_grad()
-        def run(x: torch.Tensor) -> torch.Tensor:
-            return package(x.to(target))[1]
-        return cls(run, meta, path, "pt2", target, meta.get("max_batch"))
+        return cls(_probs_of(package, target), meta, path, "pt2", target, meta.get("max_batch"))
 
     @classmethod
     def _load_torchscript(cls, path, device, _):
@@ -199,10 +201,7 @@ class Predictor:
 
         module, meta = load_torchscript(path, device)
 
-        @torch.no_grad()
-        def run(x: torch.Tensor) -> torch.Tensor:
-            return module(x.to(device))[1]
-        return cls(run, meta, path, "torchscript", device, meta.get("max_batch"))
+        return cls(_probs_of(module, device), meta, path, "torchscript", device, meta.get("max_batch"))
 
     @classmethod
     def _load_tensorrt(cls, path, device, _):
@@ -226,12 +225,8 @@ class Predictor:
         import torch_tensorrt  # noqa: F401
 
         meta = read_sidecar(path)
-        module = torch.export.load(str(path)).module()
-
-        @torch.no_grad()
-        def run(x: torch.Tensor) -> torch.Tensor:
-            return module(x.cuda())[1]
-        return cls(run, meta, path, "torch_tensorrt", torch.device("cuda"), meta.get("max_batch"))
+        module, cuda = torch.export.load(str(path)).module(), torch.device("cuda")
+        return cls(_probs_of(module, cuda), meta, path, "torch_tensorrt", cuda, meta.get("max_batch"))
 
     # --- prediction -----------------------------------------------------------------------------
     def to_batch(self, images) -> torch.Tensor:

@@ -12,10 +12,10 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
+from rald_fast.cli import setup_logging
 from rald_fast.config import (SCHEDULES, VARIANTS, Config, add_config_arguments, config_from_args, set_option,
                               validate)
 
@@ -87,8 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
     cfg = resolve_config(args, argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("gensim").setLevel(logging.WARNING)
+    setup_logging()
     from rald_fast.train.loop import fit
 
     summary = fit(cfg, resume=args.resume)
