@@ -73,3 +73,65 @@ def test_checkpoint_from_another_taxonomy(trained):
 def test_resume_refuses_model_changes(trained):
     r = run("train", "--resume", str(trained / "last.pt"), "--heads", "4")
     assert r.returncode == 2 and "--device, --epochs" in r.stderr and "(got heads)" in r.stderr
+
+
+def _parsers():
+    from rald_fast.evaluate.command import build_bank_parser
+    from rald_fast.evaluate.command import build_parser as evaluate
+    from rald_fast.experiments.__main__ import build_parser as experiments
+    from rald_fast.export.build import build_parser as export
+    from rald_fast.predict.command import build_parser as predict
+    from rald_fast.train.command import build_parser as train
+
+    return {"train": train(), "evaluate": evaluate(), "bank": build_bank_parser(), "predict": predict(),
+            "export": export(), "experiments": experiments()}
+
+
+def test_every_option_of_every_command_is_described():
+    import argparse
+
+    missing = []
+
+    def walk(parser, name):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub, subparser in action.choices.items():
+                    walk(subparser, f"{name} {sub}")
+            elif not isinstance(action, argparse._HelpAction) and not (action.help or "").strip():
+                missing.append(f"{name} {action.option_strings or action.dest}")
+
+    for name, parser in _parsers().items():
+        walk(parser, name)
+    assert not missing
+
+
+def test_console_scripts_point_at_callables():
+    """setup.py's console scripts resolve to functions (read from setup.py, not installed metadata)."""
+    import ast
+    import importlib
+
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    scripts = next(kw.value for node in ast.walk(tree) if isinstance(node, ast.Call)
+                   for kw in node.keywords if kw.arg == "entry_points")
+    entries = ast.literal_eval(scripts)["console_scripts"]
+    names = {}
+    for entry in entries:
+        name, target = (s.strip() for s in entry.split("="))
+        module, func = target.split(":")
+        assert callable(getattr(importlib.import_module(module), func)), entry
+        names[name] = module
+    assert set(names) == {"rald-train", "rald-evaluate", "rald-bank", "rald-predict", "rald-export",
+                          "rald-experiments"}
+
+
+def test_predict_command_loads_no_training_code():
+    """`python -m rald_fast.predict --help` imports neither the training loop (DDP), the model nor Triton."""
+    code = ("import runpy, sys\nsys.argv = ['x', '--help']\n"
+            "try:\n    runpy.run_module('rald_fast.predict', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('rald_fast', 'triton'))))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                       capture_output=True, text=True, timeout=300)
+    loaded = eval(r.stdout.strip().splitlines()[-1])  # a list literal printed above
+    assert not [m for m in loaded if m.startswith(("rald_fast.train", "rald_fast.models", "rald_fast.kernels",
+                                                   "triton"))], loaded
+    assert len([m for m in loaded if m.startswith("rald_fast")]) <= 10, loaded

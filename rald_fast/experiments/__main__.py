@@ -43,12 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rows to run (default: a b c d e f g rald)")
     k = sub.add_parser("ksweep", help="Fig. 6: accuracy against k", description=budget)
     add_budget_arguments(k)
-    k.add_argument("--k-values", type=int, nargs="+", default=[1, 3, 5, 7, 10], metavar="K")
+    k.add_argument("--k-values", type=int, nargs="+", default=[1, 3, 5, 7, 10], metavar="K",
+                   help="NNLDL neighbour counts to train (default 1 3 5 7 10)")
     n = sub.add_parser("noise", help="accuracy against the share of flipped labels",
                        description=budget)
     add_budget_arguments(n)
     n.add_argument("--flip-percents", type=float, nargs="+", default=[0, 10, 20, 30, 40],
-                   metavar="PCT")
+                   metavar="PCT", help="shares of training labels flipped, in percent (default 0 10 20 30 40)")
     n.add_argument("--models", nargs="+", default=["a", "g", "rald"], metavar="VARIANT",
                    help="variants to compare (default: a g rald)")
     st = sub.add_parser("study", help="multi-seed evidence: modules, readings, noise, neighbour purity",
@@ -66,19 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fps", help="Table 1's speed row: ResNet18 vs RALD images/s")
     f.add_argument("--checkpoints", nargs="*", default=[], metavar="CKPT",
                    help="time these checkpoints (default: freshly built variant a and rald)")
-    f.add_argument("--batch-size", type=int, default=64)
-    f.add_argument("--image-size", type=int, nargs="+", default=[32], metavar="PX")
+    f.add_argument("--batch-size", type=int, default=64, help="images per timed batch (default 64)")
+    f.add_argument("--image-size", type=int, nargs="+", default=[32], metavar="PX",
+                   help="input sides to time, one row each (default 32)")
     f.add_argument("--warmup", type=int, default=3, help="untimed batches first (default 3)")
     f.add_argument("--iters", type=int, default=10, help="timed batches (default 10)")
     add_device_option(f)
     f.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
-    f.add_argument("--out", default="runs/experiments")
+    f.add_argument("--out", default="runs/experiments", help="output directory (default runs/experiments)")
     c = sub.add_parser("compare", help="Table 1: per-class accuracy of several checkpoints")
-    c.add_argument("checkpoints", nargs="+", metavar="CKPT")
+    c.add_argument("checkpoints", nargs="+", metavar="CKPT", help="training checkpoints sharing one taxonomy")
     c.add_argument("--names", nargs="+", help="column names (default: the run directory names)")
     c.add_argument("--batch-size", type=int, help="test batch size (default: each run's)")
     add_device_option(c)
-    c.add_argument("--out", default="runs/experiments")
+    c.add_argument("--out", default="runs/experiments", help="output directory (default runs/experiments)")
     g = sub.add_parser("figures", help="t-SNE, top-5 neighbours, confusion, training curves")
     g.add_argument("--baseline", required=True, metavar="CKPT", help="e.g. a variant (a) run")
     g.add_argument("--rald", required=True, metavar="CKPT", help="a RALD run (with ITRR)")
@@ -86,14 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=64, help="test batch (ITRR neighbours)")
     g.add_argument("--tsne-images", type=int, default=2500, help="at most this many (default 2500)")
     add_device_option(g)
-    g.add_argument("--out", default="runs/experiments/figures")
+    g.add_argument("--out", default="runs/experiments/figures",
+                   help="output directory (default runs/experiments/figures)")
     m = sub.add_parser("modes", help="ITRR inference modes x test batch sizes")
-    m.add_argument("checkpoint", metavar="CKPT")
-    m.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 128], metavar="N")
-    m.add_argument("--itrr-modes", nargs="+", default=list(ITRR_MODES),
-                   choices=ITRR_MODES, metavar="MODE")
+    m.add_argument("checkpoint", metavar="CKPT", help="a training checkpoint (last.pt)")
+    m.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 128], metavar="N",
+                   help="test batch sizes (default 1 8 32 128)")
+    m.add_argument("--itrr-modes", nargs="+", default=list(ITRR_MODES), choices=ITRR_MODES, metavar="MODE",
+                   help=f"ITRR inference modes (default: {' '.join(ITRR_MODES)})")
     add_device_option(m)
-    m.add_argument("--out", default="runs/experiments")
+    m.add_argument("--out", default="runs/experiments", help="output directory (default runs/experiments)")
     return p
 
 
