@@ -355,8 +355,10 @@ def bench_kernels(suite: Suite, device: torch.device) -> None:
     from gpu_kernels import check_attention, check_topk
 
     case = kc.AttnCase("dry_5x7_bias", 2, 5, 7, 16, True, True)  # tiny: the interpreter is slow
+    topk_case = kc.TopkCase("dry_topk", 2, 6, 9, 16, 5, 3, True)
     out["checks"] = [check_attention(case, "fp32", device="cpu"),
-                     check_topk(kc.TopkCase("dry_topk", 2, 6, 9, 16, 5, 3, True), "fp32", device="cpu")]
+                     check_topk(topk_case, "fp32", device="cpu"),  # the default tile strategy
+                     check_topk(topk_case, "fp32", device="cpu", rows_per_program="all")]
     out["checks_ok"] = all(r["ok"] for r in out["checks"])
 
 
