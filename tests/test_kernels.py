@@ -156,12 +156,12 @@ def test_large_logits_are_stable(device):
 def test_fused_backward_is_deterministic(device):
     """Lq, Lk <= 256: one program per head reduces dq, dk, dv and the bias-table gradient in a fixed
     order (no atomics), so two backward passes are bit-identical."""
-    from rald_fast.kernels import attention_triton
+    from rald_fast.kernels import attention_launch
 
     q, k, v, _, _ = make_inputs(2, 39, 39, 64, 64, bias=False, device=device)
     xi = rald_xi().to(device)
     table = torch.randn(2, 501, device=device, requires_grad=True)
-    assert attention_triton.use_fused_backward(39, 39, xi)
+    assert attention_launch.use_fused_backward(39, 39, xi)
     out = attention_op(q, k, v, SCALE, table, xi)
     g = torch.randn_like(out)
     first = torch.autograd.grad(out, (q, k, v, table), g, retain_graph=True)
@@ -177,21 +177,21 @@ def test_fused_backward_is_deterministic(device):
 @pytest.mark.parametrize("Lq,Lk", [(7, 5), (61, 130)])
 def test_fused_and_split_backward_agree(device, monkeypatch, Lq, Lk):
     """The fused backward (default at these sizes) and the split kernels (forced) against the reference."""
-    from rald_fast.kernels import attention_triton
+    from rald_fast.kernels import attention_launch
 
     inputs = make_inputs(2, Lq, Lk, 32, 24, bias=True, device=device)
     check_against_reference(attention_op, *inputs)
-    monkeypatch.setattr(attention_triton, "use_fused_backward", lambda *a: False)
+    monkeypatch.setattr(attention_launch, "use_fused_backward", lambda *a: False)
     check_against_reference(attention_op, *inputs)
 
 
 @needs_triton
 def test_many_bias_classes_take_the_split_backward(device):
     """More distinct xi values than the fused kernel reduces itself: the split kernels, same maths."""
-    from rald_fast.kernels import attention_triton
+    from rald_fast.kernels import attention_launch
 
     xi = torch.arange(9 * 11, device=device).reshape(9, 11)  # 99 classes > MAX_BIAS_CLASSES
-    assert not attention_triton.use_fused_backward(9, 11, xi)
+    assert not attention_launch.use_fused_backward(9, 11, xi)
     q, k, v, table, _ = make_inputs(2, 9, 11, 16, 16, bias=True, T=99, device=device)
     check_against_reference(attention_op, q, k, v, table, xi)
 

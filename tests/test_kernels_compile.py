@@ -48,7 +48,7 @@ def attn_pointers(dt: str) -> dict:
 
 # (kernel, dtype, head dim, bias): every kernel at RALD's d = 64 in bf16, and the ones with the most
 # shared memory at d = 64 in fp32: the split dk/dv backward (97 KB; other dims are measured in
-# attention_triton._blocks' docstring: fp32 d = 128 peaks at 161 KB but takes a minute to compile)
+# attention_launch._blocks' docstring: fp32 d = 128 peaks at 161 KB but takes a minute to compile)
 # and the fused one-program-per-head backward
 KERNELS = ("_attn_fwd_kernel", "_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel", "_attn_bwd_fused_kernel")
 ATTN_CONFIGS = [(name, "bf16", 64, True) for name in KERNELS]
@@ -59,10 +59,10 @@ ATTN_CONFIGS += [("_attn_bwd_dkdv_kernel", "fp32", 64, True), ("_attn_bwd_fused_
 def test_attention_kernels_compile_for_sm90(name, dt, d, bias):
     import torch
 
-    from rald_fast.kernels import _runtime, attention_triton
+    from rald_fast.kernels import _runtime, attention_launch, attention_triton
 
     L = attention_triton.FUSED_MAX_LEN if "fused" in name else 4096
-    bm, bn, bdk, bdv, stages = attention_triton._blocks(L, L, d, d)  # the launcher's tiles
+    bm, bn, bdk, bdv, stages = attention_launch._blocks(L, L, d, d)  # the launcher's tiles
     torch_dt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dt]
     const = dict(HAS_BIAS=bias, BLOCK_M=bm, BLOCK_N=bn, BLOCK_DK=bdk, BLOCK_DV=bdv,
                  PRECISION=_runtime.dot_precision(torch_dt))

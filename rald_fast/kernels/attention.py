@@ -41,7 +41,7 @@ from torch import Tensor
 from ._runtime import HAS_TRITON, can_launch
 
 if HAS_TRITON:
-    from . import attention_triton as _tri
+    from . import attention_launch as _tri
     from .attention_triton import MAX_HEAD_DIM
 else:  # pragma: no cover
     _tri = None
