@@ -164,6 +164,37 @@ def launch(args, what: str, n: int, world: int) -> list[dict]:
     return [json.loads(f.read_text()) for f in files]
 
 
+def table(out: Path) -> str:
+    """Markdown of the rows in `out` (one line per size and process count; memory: the largest rank)."""
+    rows = [json.loads(f.read_text()) for f in sorted(out.glob("*_r*.json"))]
+    lines = ["| images | processes | loader images/s per process (all) | train images/s (all) | "
+             "loader: peak RSS / private (RssAnon) MB per process | train: peak RSS / private MB per process |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for n in sorted({r["images"] for r in rows}):
+        for world in sorted({r["processes"] for r in rows if r["images"] == n}):
+            ld = [r for r in rows if r["what"] == "loader" and r["images"] == n and r["processes"] == world]
+            tr = [r for r in rows if r["what"] == "train" and r["images"] == n and r["processes"] == world]
+            if not ld:
+                continue
+            own = min(r["own_images_per_s"] for r in ld)
+            cell = f"{own:,.0f} ({min(r['global_images_per_s'] for r in ld):,.0f})"
+            mem = (f"{max(r['memory_at_end_mb']['VmHWM'] for r in ld):,.0f} / "
+                   f"{max(r['peak_rss_anon_mb'] for r in ld):,.0f}")
+            tcell = tmem = "-"
+            if tr:
+                tcell = f"{tr[0]['train_images_per_s']:.1f}"
+                tmem = (f"{max(r['memory_at_end_mb']['VmHWM'] for r in tr):,.0f} / "
+                        f"{max(r['memory_at_end_mb']['RssAnon'] for r in tr):,.0f}")
+            lines.append(f"| {n:,} | {world} | {cell} | {tcell} | {mem} | {tmem} |")
+    held = [r for r in rows if r["what"] == "memory_split"]
+    if held:
+        lines.append("")
+        lines.append("In memory instead (--no-decoded-cache holds the split in every process): " + ", ".join(
+            f"{r['images']:,} images: {r['held_mb']:,.0f} MB more private memory per process "
+            f"(RssAnon {r['memory_at_end_mb']['RssAnon']:,.0f} MB)" for r in held))
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="bench/results/loader")
@@ -182,12 +213,16 @@ def main() -> None:
                    help="largest set also read whole into one process (--no-decoded-cache's memory)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--table", metavar="DIR", help="print the markdown table of the results in DIR and exit")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--what", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, help=argparse.SUPPRESS)
     p.add_argument("--world", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.table:
+        print(table(Path(args.table)))
+        return None
     if args.cache_dir is None:
         from rald_fast.data.cache import default_cache_dir
 
