@@ -89,7 +89,7 @@ class DataConfig:
                                     "factors in [1 - S, 1 + S] (0: off)")
     random_erasing: float = _opt(0.0, "random erasing: probability that a training image gets a rectangle "
                                       "(2-33 % of its area) set to the mean colour (0: off)")
-    workers: int = _opt(0, "image decode threads (0: this thread; images are decoded once, kept in memory)")
+    workers: int = _opt(0, "image decode threads (0: this thread; each split is decoded once, see --decoded-cache)")
     decoded_cache: bool = _opt(
         True, "decode each split once into a memory-mapped file that later runs and every process on the "
               "node share (off: decode into this process's memory)")
