@@ -81,7 +81,23 @@ class DataConfig:
     synth_difficulty: float = _opt(1.0, "synthetic data: scales identity/pose/lighting/occlusion nuisance")
     synth_fine_offset: float = _opt(1.0, "synthetic data: scales the differences between fine classes of a group")
     hflip: bool = _opt(True, "random horizontal flip of training images")
-    workers: int = _opt(0, "image decode threads (0: this thread; images are decoded once, kept in memory)")
+    shift: float = _opt(0.0625, "random translation of training images, as a share of the side (reflect-pad "
+                                "and crop; 0: off)")
+    rrc_scale: float = _opt(0.0, "random resized crop of training images: smallest area share kept, e.g. 0.6 "
+                                 "(aspect 3/4..4/3, resized back to the input size; 0: off)")
+    color_jitter: float = _opt(0.0, "colour jitter of training images: brightness, contrast and saturation "
+                                    "factors in [1 - S, 1 + S] (0: off)")
+    random_erasing: float = _opt(0.0, "random erasing: probability that a training image gets a rectangle "
+                                      "(2-33 % of its area) set to the mean colour (0: off)")
+    workers: int = _opt(0, "image decode threads (0: this thread; each split is decoded once, see --decoded-cache)")
+    decoded_cache: bool = _opt(
+        True, "decode each split once into a memory-mapped file that later runs and every process on the "
+              "node share (off: decode into this process's memory)")
+    cache_dir: Optional[str] = _opt(
+        None, "directory of the decoded-image cache (none: $RALD_FAST_CACHE/decoded, else "
+              "~/.cache/rald_fast/decoded)")
+    loader_workers: int = _opt(0, "DataLoader worker processes that gather training batches from the decoded "
+                                  "images (0: in the training process)")
     train_split: str = _opt("auto", "training split name; auto = train (AffectNet: training|train_set)")
     test_split: str = _opt("auto", "test split name; auto = test or val (AffectNet: validation|val_set)")
     on_bad_image: str = _opt("auto", "undecodable image: skip | fail; auto = skip in training, fail in test")
@@ -256,6 +272,12 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"--on-bad-image must be auto, skip or fail, got {d.on_bad_image!r}")
     if d.affectnet_classes not in (7, 8):
         raise ValueError(f"--affectnet-classes must be 7 or 8, got {d.affectnet_classes}")
+    for name, val, top in (("shift", d.shift, 0.5), ("rrc-scale", d.rrc_scale, 1.0),
+                           ("color-jitter", d.color_jitter, 1.0), ("random-erasing", d.random_erasing, 1.0)):
+        if not 0 <= val <= top:
+            raise ValueError(f"--{name} must be in [0, {top}] (0: off), got {val}")
+    if d.loader_workers < 0 or d.workers < 0:
+        raise ValueError(f"--workers and --loader-workers must be >= 0, got {d.workers}, {d.loader_workers}")
     if d.rafdb_images not in ("aligned", "original"):
         raise ValueError(f"--rafdb-images must be aligned or original, got {d.rafdb_images!r}")
 

@@ -17,6 +17,7 @@ import torch.multiprocessing as mp
 
 from rald_fast.checkpoint import load_checkpoint
 from rald_fast.config import make_config
+from rald_fast.data.cache import generated_split
 from rald_fast.data.dataset import Split
 from rald_fast.preprocess import Preprocess
 from rald_fast.train.distributed import (SINGLE, DistInfo, init_from_env, local_rows, shutdown, slice_sizes,
@@ -33,6 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # split computation would be amplified the same way at larger steps.
 SETTINGS = [("rald", dict(k=3, lr=1e-4)), ("rald_bank", dict(k=3, lr=1e-4, nnldl_bank=12, dropout=0.0))]
 N_IMAGES, BATCH = 21, 8  # batches of 8, 8 and 5: the last one splits unevenly (3 + 2)
+# the decoded-cache path with a loader worker and every optional augmentation on
+CACHED_SETTINGS = [("rald_cached", dict(k=3, lr=1e-4, loader_workers=1, rrc_scale=0.6, color_jitter=0.3,
+                                        random_erasing=0.5))]
 
 
 def free_port() -> int:
@@ -41,9 +45,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_steps(info, overrides: dict) -> dict:
+def run_steps(info, overrides: dict, cache_dir: str | None = None) -> dict:
     """One epoch (3 steps) of the real training loop on fixed random data; metrics, last
-    gradients, weights and the NNLDL bank."""
+    gradients, weights and the NNLDL bank. `cache_dir`: the same images served from the decoded cache
+    (every process maps one file; the first to arrive builds it)."""
     cfg = make_config("tiny", "rald", image_size=32, batch_size=BATCH, progress=False, **overrides)
     torch.manual_seed(0)
     model = build_model(cfg, load_taxonomy("fg-emotions")).to(memory_format=torch.channels_last)
@@ -53,6 +58,8 @@ def run_steps(info, overrides: dict) -> dict:
     gen = torch.Generator().manual_seed(1)
     split = Split(torch.randint(0, 256, (N_IMAGES, 3, 32, 32), dtype=torch.uint8, generator=gen),
                   torch.randint(0, 33, (N_IMAGES,), generator=gen), [f"{i}.png" for i in range(N_IMAGES)])
+    if cache_dir is not None:
+        split = generated_split(cache_dir, "ddp-test", split.labels.tolist(), 32, split.images.numpy().__getitem__)
     bank = NeighbourMemory(cfg.loss.nnldl_bank) if cfg.loss.nnldl_bank else None
     metrics = train_one_epoch(model, split, Preprocess(32), optimizer, cfg, 0, torch.device("cpu"), bank,
                               forward, info)
@@ -61,12 +68,13 @@ def run_steps(info, overrides: dict) -> dict:
             "bank": None if bank is None else bank.preds.clone()}
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
+def _worker(rank: int, world: int, port: int, out: str, cache_dir: str | None = None) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     info = init_from_env("cpu")
-    results = {name: run_steps(info, kw) for name, kw in SETTINGS}
+    settings = SETTINGS if cache_dir is None else CACHED_SETTINGS
+    results = {name: run_steps(info, kw, cache_dir) for name, kw in settings}
     if rank == 0:
         torch.save(results, out)
     shutdown(info)
@@ -99,9 +107,22 @@ def test_two_processes_with_half_batches_match_one_process(tmp_path):
     out = tmp_path / "dist.pt"
     mp.spawn(_worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
     dist = torch.load(out, weights_only=False)
+    compare_runs(dist, SETTINGS)
+
+
+def test_two_processes_on_the_decoded_cache_match_one_process_in_memory(tmp_path):
+    """The same equivalence with the images memory-mapped from the decoded cache (built by whichever
+    process gets the lock first), gathered by a loader worker per process and augmented with every
+    optional op on each process's own rows; the reference is one process with the images in memory."""
+    out = tmp_path / "dist.pt"
+    mp.spawn(_worker, args=(2, free_port(), str(out), str(tmp_path / "cache")), nprocs=2, join=True)
+    compare_runs(torch.load(out, weights_only=False), CACHED_SETTINGS)
+
+
+def compare_runs(dist: dict, settings: list) -> None:
     torch.set_num_threads(1)
-    for name, kw in SETTINGS:
-        one, two = run_steps(SINGLE, kw), dist[name]
+    for name, kw in settings:
+        one, two = run_steps(SINGLE, {**kw, "loader_workers": 0}), dist[name]
         for key, value in one["metrics"].items():
             if key != "train_images_per_s":
                 assert two["metrics"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), (name, key)

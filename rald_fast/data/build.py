@@ -2,7 +2,8 @@
 
 `dataset_root` finds (or, for the synthetic data, generates and caches) the dataset directory;
 `build_data` reads the taxonomy and decodes both splits through the one decode path of
-`rald_fast.data.dataset`, reporting bad images, skips and duplicates.
+`rald_fast.data.dataset` (once, into the shared decoded cache of `rald_fast.data.cache`, unless
+--no-decoded-cache), reporting bad images, skips and duplicates.
 """
 
 from __future__ import annotations
@@ -66,6 +67,15 @@ def dataset_root(cfg: Config, taxonomy: Taxonomy | None) -> Path:
     return root
 
 
+def decoded_cache_dir(cfg: Config) -> Path | None:
+    """Where the decoded splits are cached (`--cache-dir`), or None with --no-decoded-cache."""
+    from rald_fast.data.cache import default_cache_dir
+
+    if not cfg.data.decoded_cache:
+        return None
+    return Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
+
+
 def build_data(cfg: Config) -> Data:
     """Taxonomy and decoded train/test splits; bad images, duplicates and skips are reported."""
     from rald_fast.data.dataset import class_balanced_weights, report_duplicates
@@ -83,7 +93,8 @@ def build_data(cfg: Config) -> Data:
         policy = d.on_bad_image if d.on_bad_image != "auto" else \
             ("skip" if which == "train" else "fail")
         splits[which] = load_split(split_source(d, taxonomy, which, root), taxonomy, d.image_size,
-                                   cfg.run.progress, on_bad_image=policy, workers=d.workers)
+                                   cfg.run.progress, on_bad_image=policy, workers=d.workers,
+                                   cache_dir=decoded_cache_dir(cfg))
     report_duplicates(splits)
     skipped = {w: len(s.skipped) for w, s in splits.items() if s.skipped}
     if skipped:

@@ -1,4 +1,5 @@
-"""One decode path for every dataset: a split's list of files becomes uint8 tensors in memory.
+"""One decode path for every dataset: a split's list of files becomes uint8 tensors, in memory or
+memory-mapped from the decoded cache (`cache.py`).
 
 The synthetic data, a `path,label` CSV (`--data labelfile`) and the readers of real datasets
 (`readers.py`: RAF-DB, AffectNet, FG-Emotions, class folders) all end here, so training sees the
@@ -52,6 +53,9 @@ class Split:
     paths: list[str]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of dropped images
     sample_weights: torch.Tensor | None = None  # (N,) per-image draw weights (--balanced), or None
+    # the decoded cache's file when `images` is memory-mapped from it (`cache.DecodedStore`; read-only
+    # pages shared by every process), None when the images are in this process's memory
+    store: object | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -99,16 +103,38 @@ def decode_image(path: Path, size: int, box: Box | None = None) -> np.ndarray:
 
 
 def load_split(source: str | Path | SplitList, taxonomy: Taxonomy, image_size: int,
-               progress: bool = False, on_bad_image: str = "fail", workers: int = 0) -> Split:
+               progress: bool = False, on_bad_image: str = "fail", workers: int = 0,
+               cache_dir: str | Path | None = None) -> Split:
     """Decode a split: `source` is a `path,label` CSV file or a reader's `SplitList`.
 
     Args:
         on_bad_image: "fail" stops at the first image that cannot be decoded (path and reason in the
             message); "skip" logs each one, drops it and logs the count at the end.
         workers: decode threads (PIL releases the GIL while decoding); 0 decodes in this thread.
+        cache_dir: decode once into the memory-mapped cache in this directory and map it
+            (`rald_fast.data.cache`: later runs and the other processes on the node map the same
+            file); None decodes into this process's memory.
     """
     if on_bad_image not in BAD_IMAGE_POLICIES:
         raise ValueError(f"--on-bad-image must be skip or fail, got {on_bad_image!r}")
+    lst = split_list(source, taxonomy)
+    if cache_dir is not None:
+        from rald_fast.data.cache import load_cached_split
+
+        return load_cached_split(lst, image_size, cache_dir, progress, on_bad_image, workers)
+    images = np.empty((len(lst.paths), 3, image_size, image_size), dtype=np.uint8)
+
+    def write(i: int, image: np.ndarray) -> None:
+        images[i] = image
+
+    keep, skipped = decode_rows(lst, image_size, write, progress, on_bad_image, workers)
+    if skipped:
+        images = images[keep]
+    return Split(torch.from_numpy(images), kept_labels(lst, keep), kept_paths(lst, keep), skipped)
+
+
+def split_list(source: str | Path | SplitList, taxonomy: Taxonomy) -> SplitList:
+    """The checked listing of a split: a reader's `SplitList`, or the rows of a `path,label` CSV."""
     if isinstance(source, SplitList):
         lst = source
     else:
@@ -124,14 +150,35 @@ def load_split(source: str | Path | SplitList, taxonomy: Taxonomy, image_size: i
         if not 0 <= y < taxonomy.num_fine:
             raise DataError(f"{p}: label index {y} is outside taxonomy {taxonomy.name!r} "
                             f"(0..{taxonomy.num_fine - 1})")
+    return lst
+
+
+def kept_labels(lst: SplitList, keep: np.ndarray) -> torch.Tensor:
+    return torch.tensor(lst.labels, dtype=torch.long)[torch.from_numpy(keep)]
+
+
+def kept_paths(lst: SplitList, keep: np.ndarray) -> list[str]:
+    return [str(p) for p, k in zip(lst.paths, keep) if k]
+
+
+def bad_image_error(err: DataError, split: str) -> DataError:
+    """The error `--on-bad-image fail` stops with."""
+    return DataError(f"{err} [split {split!r}; --on-bad-image skip drops such images]")
+
+
+def decode_rows(lst: SplitList, image_size: int, write, progress: bool = False, on_bad_image: str = "fail",
+                workers: int = 0) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """Decode every image of `lst` and hand it to `write(i, (3, S, S) uint8)` (from `workers`
+    threads when > 0); returns the keep mask (N,) and the skipped (path, reason), applying the
+    bad-image policy (`load_split`)."""
+    where = lst.source or lst.name
     boxes = lst.boxes if lst.boxes is not None else [None] * len(lst.paths)
-    images = np.empty((len(lst.paths), 3, image_size, image_size), dtype=np.uint8)
     keep = np.ones(len(lst.paths), dtype=bool)
     skipped: list[tuple[str, str]] = []
 
     def decode(i: int):
         try:
-            images[i] = decode_image(lst.paths[i], image_size, boxes[i])
+            write(i, decode_image(lst.paths[i], image_size, boxes[i]))
             return None
         except DataError as e:
             return e
@@ -149,8 +196,7 @@ def load_split(source: str | Path | SplitList, taxonomy: Taxonomy, image_size: i
             if err is None:
                 continue
             if on_bad_image == "fail":
-                raise DataError(f"{err} [split {lst.name!r}; --on-bad-image skip drops such "
-                                "images]")
+                raise bad_image_error(err, lst.name)
             keep[i] = False
             skipped.append((str(lst.paths[i]), str(err)))
             log.warning("skipping bad image: %s", err)
@@ -162,10 +208,7 @@ def load_split(source: str | Path | SplitList, taxonomy: Taxonomy, image_size: i
                     lst.name, len(skipped), len(lst.paths))
         if not keep.any():
             raise DataError(f"{where}: split {lst.name!r} is empty: every image failed to decode")
-        images = images[keep]
-    labels = torch.tensor(lst.labels, dtype=torch.long)[torch.from_numpy(keep)]
-    paths = [str(p) for p, k in zip(lst.paths, keep) if k]
-    return Split(torch.from_numpy(images), labels, paths, skipped)
+    return keep, skipped
 
 
 def report_duplicates(splits: dict[str, Split]) -> list[str]:

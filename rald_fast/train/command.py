@@ -21,7 +21,7 @@ from rald_fast.config import (SCHEDULES, VARIANTS, Config, add_config_arguments,
 
 # options that may change when resuming; everything else comes from the checkpoint
 RESUME_OVERRIDABLE = {"epochs", "out", "progress", "eval_every", "threads", "device", "amp", "compile",
-                      "pin_memory"}
+                      "pin_memory", "decoded_cache", "cache_dir", "loader_workers", "workers"}
 
 
 class _PreParseError(Exception):

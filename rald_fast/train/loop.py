@@ -27,9 +27,10 @@ import torch
 
 from rald_fast.checkpoint import Checkpoint, atomic_write_text, load_checkpoint, save_checkpoint
 from rald_fast.config import Config
-from rald_fast.data.augment import augment
+from rald_fast.data.augment import apply_augment, draw_augment
 from rald_fast.data.build import Data, build_data
-from rald_fast.data.dataset import Split, epoch_order
+from rald_fast.data.dataset import Split
+from rald_fast.data.loader import batch_loader, global_batches
 from rald_fast.preprocess import Preprocess
 from rald_fast.train.distributed import (SINGLE, DistInfo, barrier, init_from_env, local_rows, shutdown,
                                    slice_sizes, sync_batchnorm)
@@ -40,7 +41,7 @@ from rald_fast.evaluate.metrics import compute_metrics, predict_split
 from rald_fast.evaluate.reference_bank import build_reference_bank, default_bank_size
 from rald_fast.hierarchy import Taxonomy
 from rald_fast.models import RALD, NeighbourMemory, build_model, rald_loss
-from rald_fast.train.step import TrainForward, autocast_context, check_amp, host_to_device, make_scaler
+from rald_fast.train.step import TrainForward, autocast_context, check_amp, make_scaler
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 def train_one_epoch(model: RALD, split: Split, preprocess: Preprocess, optimizer, cfg: Config,
                     epoch: int, device: torch.device, memory: NeighbourMemory | None = None,
                     forward: torch.nn.Module | None = None, info: DistInfo = SINGLE,
-                    scaler: torch.amp.GradScaler | None = None) -> dict:
+                    scaler: torch.amp.GradScaler | None = None, max_steps: int | None = None) -> dict:
     """One pass over the training split; returns the epoch's train_* metrics (global batch): the
     losses, accuracy and speed, and what NNLDL did (`train_nn_purity_*` against `train_nn_chance_*`,
     `train_itrr_entropy`; losses.py).
@@ -70,35 +71,38 @@ def train_one_epoch(model: RALD, split: Split, preprocess: Preprocess, optimizer
             plain model. Every process walks the same global batches of `cfg.optim.batch_size`
             images and runs its backbone on its own rows (`distributed.local_rows`).
         info: the process group; scaler: fp16's gradient scaler.
+        max_steps: stop after this many steps (benchmarks; None: the whole epoch).
     """
     model.train()
     forward = forward if forward is not None else TrainForward(model)
     gen = epoch_generator(cfg.run.seed, epoch)
-    n, bs = len(split), cfg.optim.batch_size
-    order = epoch_order(split, gen)  # a permutation, or class-balanced draws (--balanced)
-    # ITRR and NNLDL work across the batch: drop a last batch too small to have neighbours (or
-    # to give every process a row)
-    smallest = max(min(bs, 2), info.world_size)
-    starts = [s for s in range(0, n, bs) if min(bs, n - s) >= smallest]
+    batches = global_batches(split, gen, cfg.optim.batch_size, info.world_size)
+    if max_steps is not None:
+        batches = batches[:max_steps]
     pin = cfg.run.pin_memory and device.type == "cuda"
+    loader = batch_loader(split, batches, info, cfg.data.loader_workers, pin)  # this process's rows
+    d = cfg.data
     use_nnldl = epoch >= cfg.loss.nnldl_warmup  # CE alone during the warm-up epochs
     coarse_of = torch.as_tensor(model.taxonomy.coarse_of_fine(), device=device)  # for the diagnostics
     sums: dict[str, torch.Tensor] = {}
     correct = torch.zeros((), dtype=torch.long, device=device)
     seen = 0
     t0 = time.perf_counter()
-    bar = starts
+    bar = zip(batches, loader)
     if cfg.run.progress and info.is_main:
         from tqdm import tqdm
 
-        bar = tqdm(starts, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", unit="batch", leave=False)
-    for step, s in enumerate(bar):
-        idx = order[s:s + bs]
+        bar = tqdm(bar, total=len(batches), desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", unit="batch",
+                   leave=False)
+    for step, (idx, x) in enumerate(bar):
         sizes = slice_sizes(len(idx), info.world_size)
-        # the whole global batch is augmented on every process: the same draws of `gen` as one
-        # process would make, so N processes see exactly the pixels one process would
-        x = augment(split.images[idx], gen, hflip=cfg.data.hflip)[local_rows(len(idx), info)]
-        x = preprocess.normalize(host_to_device(x, device, pin))
+        # every process draws the whole global batch's augmentation from `gen`, as one process would,
+        # and applies its rows' draws to its own images on the device: N processes see exactly the
+        # pixels one process would (data/augment.py)
+        draws = draw_augment(len(idx), split.images.shape[-1], gen, d.hflip, d.shift, d.rrc_scale,
+                             d.color_jitter, d.random_erasing)
+        x = apply_augment(x.to(device, non_blocking=pin), draws.rows(local_rows(len(idx), info)))
+        x = preprocess.normalize(x)
         y = split.labels[idx].to(device, non_blocking=pin)                    # the global labels
         if cfg.run.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -107,7 +111,7 @@ def train_one_epoch(model: RALD, split: Split, preprocess: Preprocess, optimizer
             parts = rald_loss(out, y, cfg.loss, cfg.model.scale, memory, use_nnldl=use_nnldl,
                               coarse_of=coarse_of)
         # one host sync per step on CPU; on CUDA every 16 steps, so the GPU is never starved
-        if (device.type != "cuda" or step % 16 == 15 or step + 1 == len(starts)) and \
+        if (device.type != "cuda" or step % 16 == 15 or step + 1 == len(batches)) and \
                 not torch.isfinite(parts["loss"]):
             raise TrainingError(f"non-finite loss ({parts['loss'].item()}) at epoch {epoch + 1}, "
                                 f"step {step + 1}: lower --lr (now {cfg.optim.lr}) or check the data")
