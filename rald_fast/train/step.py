@@ -84,14 +84,3 @@ class TrainForward(nn.Module):
         feats = gather_rows(self.features_fn(x), sizes, self.info)  # (B, D): the global batch
         return self.head_fn(feats)
 
-
-def host_to_device(images: torch.Tensor, device: torch.device, pin: bool) -> torch.Tensor:
-    """A host batch on `device`; on CUDA through pinned memory with a non-blocking copy. Images
-    travel as uint8 (4x fewer bytes; augmentation keeps pixel values integral)."""
-    if device.type != "cuda":
-        return images.to(device)
-    if images.is_floating_point():
-        images = images.round_().to(torch.uint8)
-    if pin:
-        images = images.pin_memory()
-    return images.to(device, non_blocking=pin)
