@@ -47,19 +47,41 @@ def _has_word2vec_header(path: Path) -> bool:
     return len(first) == 2 and all(t.isdigit() for t in first)
 
 
+class BundledVectors:
+    """A bundled table (word2vec text, a few dozen rows) read with numpy alone: the part of gensim's
+    ``KeyedVectors`` interface (``key_to_index``, ``index_to_key``, ``vector_size``, ``kv[word]``). The bundled tables
+    need no gensim, so RALD builds where gensim is not installed (the GPU machine's image)."""
+
+    def __init__(self, path: Path):
+        lines = path.read_text(encoding="utf8").splitlines()
+        count, dim = (int(t) for t in lines[0].split())
+        rows = [line.rsplit(" ", dim) for line in lines[1:] if line.strip()]
+        if len(rows) != count or any(len(r) != dim + 1 for r in rows):
+            raise ValueError(f"{path}: not a word2vec text table of {count} x {dim}")
+        self.index_to_key = [r[0] for r in rows]
+        self.key_to_index = {w: i for i, w in enumerate(self.index_to_key)}
+        self.vectors = np.array([r[1:] for r in rows], dtype=np.float32)
+        self.vector_size = dim
+
+    def __getitem__(self, word: str) -> np.ndarray:
+        return self.vectors[self.key_to_index[word]]
+
+
 def load_keyed_vectors(path: str | Path | None = None):
-    """Read a word-vectors file into a gensim ``KeyedVectors``; None reads the bundled file.
+    """Read word vectors: a bundled table's name (or None, the default) with numpy
+    (`BundledVectors`), any other file into a gensim ``KeyedVectors`` (gensim imported only then).
 
     ``*.bin`` / ``*.bin.gz``: word2vec binary. ``*.kv`` / ``*.model``: ``KeyedVectors.load`` (a saved
     Word2Vec model gives its ``.wv``). Anything else is text: word2vec when the first line is
     'count dim', GloVe (no header) otherwise.
     """
-    from gensim.models import KeyedVectors
-
-    path = BUNDLED[DEFAULT_VECTORS] if path is None else BUNDLED.get(str(path), Path(path))
+    if path is None or str(path) in BUNDLED:
+        return BundledVectors(BUNDLED[DEFAULT_VECTORS if path is None else str(path)])
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"label word-vectors file not found: {path}; pass --label-vectors with {CHOICES_HELP}")
+    from gensim.models import KeyedVectors  # only for a user's own file: optional on slim images
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes[-1:] in ([".kv"], [".model"]):
         obj = KeyedVectors.load(str(path))
