@@ -18,11 +18,12 @@ setup(
         "torchvision>=0.26",
         "numpy>=1.26",
         "pillow>=10",
-        "gensim>=4.3",       # reads word2vec / GloVe files (semantics.py)
+        "gensim>=4.3",       # reads users' own word2vec / GloVe files (semantics.py; the bundled tables need none)
         "pyyaml>=6",         # taxonomy files
         "tqdm>=4.66",
         "matplotlib>=3.8",   # confusion matrices and figures
         "scikit-learn>=1.3",  # t-SNE, silhouette and nearest neighbours (python -m rald_fast.experiments figures)
+        "scipy>=1.11",       # Student's t for the study's paired confidence intervals
         # face detection (rald_fast.predict.faces): 4.x ships the Haar cascades, 5.0 dropped them
         "opencv-python-headless>=4.8,<5",
         # export and the engine (rald_fast.export, rald_fast.predict.predictor): ONNX files, their checker, the

@@ -48,6 +48,13 @@ class ModelConfig:
         "glove50", "label word vectors S of eq. (2): glove50 | spacy300 (bundled) | onehot | a vectors file")
     xi_reading: str = _opt(
         "spd", "eq. (9): spd = shortest path for every reachable pair (siblings 2) | literal = along an edge only")
+    # ITRR's relation R_v (eqs. 3-5) as a learnable similarity: SPEC 3.1, docs/DESIGN.md "ITRR's relation"
+    itrr_qk_norm: bool = _opt(
+        False, "ITRR: W_Q and W_K read an affine-free batch normalisation of F (running statistics at "
+               "inference), so no image scores high for every query; W_V reads F as before")
+    itrr_tied_init: bool = _opt(False, "ITRR: initialise W_K equal to W_Q (R_v starts as a symmetric similarity)")
+    itrr_temperature_cap: float = _opt(
+        0.0, "ITRR: learnable temperature exp(t) on R_v's logits, t from 0, capped at this value (0: none)")
 
 
 @dataclass
@@ -57,6 +64,11 @@ class LossConfig:
     nnldl_weight: float = _opt(1.0, "weight of L_KL in L = CE + weight * L_KL (eq. (21) uses 1)")
     # the paper does not say; docs/DESIGN.md reads D of eq. (18) as a stop-gradient target
     nnldl_grad: bool = _opt(False, "let gradients flow through NNLDL's target D (off: stop-gradient)")
+    nnldl_relation_grad: bool = _opt(
+        False, "let L_KL's gradient reach the relation through the neighbour weights r of eq. (18) only "
+               "(the neighbours' predictions stay a target); --nnldl-grad already includes it")
+    nnldl_normaliser: str = _opt(
+        "printed", "eq. (19)'s normaliser: printed = 1 / (N C_f) | image = 1 / N (a per-image KL-style average)")
     nnldl_bank: int = _opt(0, "size M of NNLDL's memory: also draw neighbours from the last M training "
                               "images (0: the batch only)")
     nnldl_relation: str = _opt(
@@ -119,7 +131,10 @@ class OptimConfig:
     lr_step: int = _opt(100, "multiply the lr by lr-gamma every lr-step epochs")
     lr_gamma: float = _opt(0.1, "multiplicative lr decay of each step")
     attn_lr_mult: float = _opt(
-        1.0, "lr multiplier of ITRR/HLRR/LGIFO, the label projection, bias table and fine head (docs/DESIGN.md)")
+        1.0, "lr multiplier of what RALD adds to ResNet18 (ITRR, HLRR, LGIFO, the label projection, the bias "
+             "table); the backbone and the fine head train at --lr in every variant (docs/DESIGN.md)")
+    relation_lr_mult: float = _opt(
+        -1.0, "lr multiplier of ITRR's relation (W_Q, W_K, the temperature); -1: as --attn-lr-mult")
 
 
 @dataclass
@@ -186,6 +201,7 @@ SCHEDULES: dict[str, dict[str, Any]] = {
 AMP_MODES = ("none", "bf16", "fp16")  # --amp: autocast dtype of the training step
 XI_READINGS = ("spd", "literal")      # --xi-reading, eq. (9)
 NNLDL_RELATIONS = ("attention", "symmetric", "cosine-f", "cosine-ftilde")  # --nnldl-relation
+NNLDL_NORMALISERS = ("printed", "image")  # --nnldl-normaliser, eq. (19)
 ITRR_MODES = ("batch", "bank", "self")  # ITRR context at inference (RALD.forward_head, --itrr-mode)
 
 # Table 3 of the paper: which modules are on. (a) is the bare ResNet18.
@@ -248,6 +264,19 @@ def validate(cfg: Config) -> None:
                          f"got {lo.nnldl_relation!r}")
     if lo.nnldl_tau <= 0:
         raise ValueError(f"--nnldl-tau must be > 0, got {lo.nnldl_tau}")
+    if lo.nnldl_normaliser not in NNLDL_NORMALISERS:
+        raise ValueError(f"--nnldl-normaliser must be one of {', '.join(NNLDL_NORMALISERS)}, "
+                         f"got {lo.nnldl_normaliser!r}")
+    if lo.nnldl_grad and lo.nnldl_relation_grad:
+        raise ValueError("--nnldl-relation-grad is part of --nnldl-grad (which also lets the gradient "
+                         "through the neighbours' predictions): give one of them")
+    if m.itrr_temperature_cap < 0 or (0 < m.itrr_temperature_cap < 1):
+        raise ValueError(f"--itrr-temperature-cap must be 0 (none) or >= 1 (the temperature starts at 1), "
+                         f"got {m.itrr_temperature_cap}")
+    if o.relation_lr_mult < 0 and o.relation_lr_mult != -1:
+        raise ValueError(f"--relation-lr-mult must be >= 0 or -1 (as --attn-lr-mult), got {o.relation_lr_mult}")
+    if o.attn_lr_mult < 0:
+        raise ValueError(f"--attn-lr-mult must be >= 0, got {o.attn_lr_mult}")
     if lo.nnldl_warmup < 0:
         raise ValueError(f"--nnldl-warmup must be >= 0, got {lo.nnldl_warmup}")
     if m.xi_reading not in XI_READINGS:

@@ -91,8 +91,10 @@ def exported_artifacts(tmp_path_factory):
     from rald_fast.train.loop import fit
 
     tmp = tmp_path_factory.mktemp("export")
+    # ITRR's learning relation on (RelationNorm, tied init, temperature): every artifact must carry it
     fit(make_config("tiny", "rald", out=str(tmp / "run"), epochs=1, synth_train_per_class=1,
-                    synth_test_per_class=1, batch_size=16))
+                    synth_test_per_class=1, batch_size=16, itrr_qk_norm=True, itrr_tied_init=True,
+                    itrr_temperature_cap=10.0, nnldl_relation_grad=True))
     ckpt = tmp / "run" / "last.pt"
     root = Path(__file__).resolve().parent.parent
     cmd = [sys.executable, str(root / "export" / "build_trt.py"), "--checkpoint", str(ckpt),

@@ -28,11 +28,14 @@ from rald_fast.train.loop import build_forward, build_optimizer, train_one_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 # (name, overrides): dropout stays on in the first (every process draws the same masks), the
-# second adds the NNLDL memory bank, fed from the gathered batch. lr 1e-4: a ResNet18 on 32 px noise
+# second adds the NNLDL memory bank, fed from the gathered batch, and the learning relation (RelationNorm
+# over the gathered batch, tied init, temperature, gradient through r). lr 1e-4: a ResNet18 on 32 px noise
 # (1x1 maps in layer4) is chaotic; even in one process a 1e-7 relative change of the initial weights
 # moves the second step's features by 1e-2 at lr 1e-3, batch 16 (measured), so fp32 rounding of the
 # split computation would be amplified the same way at larger steps.
-SETTINGS = [("rald", dict(k=3, lr=1e-4)), ("rald_bank", dict(k=3, lr=1e-4, nnldl_bank=12, dropout=0.0))]
+SETTINGS = [("rald", dict(k=3, lr=1e-4)),
+            ("rald_bank", dict(k=3, lr=1e-4, nnldl_bank=12, dropout=0.0, itrr_qk_norm=True, itrr_tied_init=True,
+                               itrr_temperature_cap=10.0, nnldl_relation_grad=True))]
 N_IMAGES, BATCH = 21, 8  # batches of 8, 8 and 5: the last one splits unevenly (3 + 2)
 # the decoded-cache path with a loader worker and every optional augmentation on
 CACHED_SETTINGS = [("rald_cached", dict(k=3, lr=1e-4, loader_workers=1, rrc_scale=0.6, color_jitter=0.3,
@@ -52,7 +55,7 @@ def run_steps(info, overrides: dict, cache_dir: str | None = None) -> dict:
     cfg = make_config("tiny", "rald", image_size=32, batch_size=BATCH, progress=False, **overrides)
     torch.manual_seed(0)
     model = build_model(cfg, load_taxonomy("fg-emotions")).to(memory_format=torch.channels_last)
-    model = sync_batchnorm(model, info, "cpu")
+    model.backbone = sync_batchnorm(model.backbone, info, "cpu")
     optimizer, _ = build_optimizer(cfg, model)
     forward = build_forward(model, cfg, info, torch.device("cpu"))
     gen = torch.Generator().manual_seed(1)

@@ -151,29 +151,61 @@ def test_bad_options_are_reported(exp, capsys):
     assert run_cli(lambda: main(["compare", str(exp / "nope.pt"), "--out", str(exp)])) == 2
 
 
-def test_study_runs_every_part_and_parses_back(tmp_path):
+def test_study_trains_its_cells_pairs_them_and_reports_from_the_plan(tmp_path, monkeypatch):
     out = tmp_path / "study"
-    args = ["study", "--out", str(out), *TINY, "--weight-decays", "5e-4", "5e-3", "--relations", "cosine-f",
-            "--flips", "0", "0.4"]
+    monkeypatch.setattr(study, "MAIN_CELLS", study.MAIN_CELLS[:3])
+    monkeypatch.setattr(study, "ABLATION_CELLS", study.ABLATION_CELLS[:1])
+    args = ["study", "--out", str(out), *TINY, "--seeds", "2", "--ablation", "on", "--mixed-revisions"]
     assert main(args) == 0
     text = (out / "study.md").read_text()
-    for row in ("Weight-decay grid", "(g) no NNLDL", "no input residual", "literal eq. (9)",
-                "relation cosine-f", "Label noise", "40 %"):
+    for row in ("| ResNet18 (a) |", "| RALD as printed |", "| RALD, learning relation |", "*module by module*",
+                "| (b) ITRR |"):
         assert row in text, row
-    parsed = study.read_study_csv((out / "study.csv").read_text())
-    saved = {c["name"]: c["fine"] for c in json.loads((out / "study.json").read_text())["cells"]}
-    assert parsed == {name: [round(a, 6) for a in accs] for name, accs in saved.items()}
-    assert len(parsed) == 2 * 2 + 4 + 2 * 2  # grid, main rows beyond the grid, noise
+    saved = json.loads((out / "study.json").read_text())
+    cells = {c["name"]: c for c in saved["cells"]}
+    assert cells["ResNet18 (a)"]["seeds"] == [0, 1] and len(cells["(b) ITRR"]["fine"]) == 2
+    learning = cells["RALD, learning relation"]
+    diffs = [a - b for a, b in zip(learning["fine"], cells["ResNet18 (a)"]["fine"])]
+    assert learning["paired_diff_fine"] == pytest.approx(diffs)
+    assert learning["overrides"]["itrr_qk_norm"] and not cells["RALD as printed"]["overrides"]["itrr_qk_norm"]
+    rows = (out / "study.csv").read_text().splitlines()
+    assert len(rows) == 1 + 4 * 2 and rows[0].startswith("part,cell,seed,test_acc")
     _png(out / "study_curves.png")
-    # a second call trains nothing and writes the same table
+    # a second call trains nothing; --report-only needs no budget options and writes the same table
     before = sorted(p.name for p in (out / "runs").iterdir())
-    assert main(args) == 0
+    assert main(["study", "--out", str(out), "--report-only", "--mixed-revisions"]) == 0
     assert sorted(p.name for p in (out / "runs").iterdir()) == before
     assert (out / "study.md").read_text() == text
-    assert "Which features rank NNLDL's neighbours" in text and "| cosine-ftilde |" in text
-    # --report-only tabulates what has finished: with one run gone, its cell keeps the other seeds
+    # a run gone: its cell keeps the other seed and says so
     import shutil
 
-    shutil.rmtree(next((out / "runs").glob("g-*")))
-    assert main([*args, "--report-only", "--seeds", "2"]) == 0
-    assert "| (g) no NNLDL (0 seeds) | - |" in (out / "study.md").read_text()
+    shutil.rmtree(next((out / "runs").glob("b-*-s1-*")))
+    assert main(["study", "--out", str(out), "--report-only", "--mixed-revisions"]) == 0
+    assert "| (b) ITRR (1 seed)" in (out / "study.md").read_text()
+
+
+def test_study_refuses_mixed_revisions_unless_told(tmp_path):
+    def cell(name, revs):
+        c = study.Cell(name, "a")
+        for seed, rev in enumerate(revs):
+            c.runs.append({"revision": rev, "final": {"test_acc": 0.5 + 0.01 * seed}})
+            c.dirs.append(str(tmp_path / f"a-k5-flip10-s{seed}-abc"))
+        return c
+
+    clean = {"main": [cell("A", ["aaa", "aaa"])], "ablation": []}
+    assert study.check_revisions(clean, False) == ["aaa"]
+    for revs in (["aaa", "bbb"], ["aaa+dirty", "aaa+dirty"], [None, "aaa"]):
+        mixed = {"main": [cell("A", ["aaa", "aaa"]), cell("B", revs)], "ablation": []}
+        with pytest.raises(ValueError, match="--mixed-revisions"):
+            study.check_revisions(mixed, False)
+        seen = study.check_revisions(mixed, True)
+        assert "[" in study.study_markdown(mixed, seen)           # each cell's revisions marked
+
+
+def test_paired_ci_is_students_t():
+    from scipy import stats
+
+    d = [0.01, -0.02, 0.03, 0.05, 0.0, 0.02, -0.01, 0.04]
+    mean, half = study.mean_ci95(d)
+    lo, hi = stats.t.interval(0.95, len(d) - 1, loc=stats.tmean(d), scale=stats.sem(d))
+    assert mean == pytest.approx(sum(d) / 8) and mean - half == pytest.approx(lo) and mean + half == pytest.approx(hi)

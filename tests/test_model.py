@@ -131,16 +131,3 @@ def test_training_steps_reduce_the_loss():
         opt.step()
         losses.append(parts["loss"].item())
     assert losses[-1] < 0.7 * losses[0], losses
-
-
-def test_param_groups_slow_down_the_attention_side_only():
-    model, _ = tiny_model("rald")
-    fast, slow = model.param_groups(1.0, 0.1)
-    assert slow["lr"] == 0.1 and fast["lr"] == 1.0
-    slow_ids = {id(p) for p in slow["params"]}
-    assert id(model.bias_table) in slow_ids and id(model.head.weight) in slow_ids
-    assert all(id(p) not in slow_ids for p in model.backbone.parameters())
-    assert len(fast["params"]) + len(slow["params"]) == len(list(model.parameters()))
-    base, _ = tiny_model("a")
-    (only,) = base.param_groups(1.0, 0.1)
-    assert only["lr"] == 1.0 and len(only["params"]) == len(list(base.parameters()))

@@ -8,7 +8,8 @@ import torch
 from rald_fast.checkpoint import CheckpointError, atomic_write, load_checkpoint
 from rald_fast.config import make_config
 from rald_fast.data.dataset import DataError
-from rald_fast.train.loop import TrainingError, fit
+from rald_fast.revision import code_revision
+from rald_fast.train.loop import TrainingError, fit, run_revisions
 
 TINY = dict(synth_train_per_class=1, synth_test_per_class=1, batch_size=16, eval_batch_size=16,
             image_size=32, progress=False)
@@ -66,6 +67,16 @@ def test_run_directory_is_complete(tmp_path):
     assert ckpt.provenance["synthetic"] and ckpt.provenance["train_images"] == 33  # one per class
     assert summary["final"]["test_acc"] >= 0
     assert json.loads((tmp_path / "config.json").read_text())["variant"] == "rald"
+    # the code that trained it: this checkout's commit (+dirty when rald_fast/ is edited), every epoch
+    rev = code_revision()
+    assert rev is None or len(rev.removesuffix("+dirty")) == 12
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert summary["revision"] == rev and summary["revisions"] == [rev] and rows[0]["revision"] == rev
+
+
+def test_run_revisions_flags_a_run_trained_by_two_revisions(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1, "revision": "aaa"}\n{"epoch": 2, "revision": "bbb"}\n')
+    assert run_revisions(tmp_path) == {"revision": None, "revisions": ["aaa", "bbb"]}
 
 
 def test_non_finite_loss_stops_and_leaves_no_summary(tmp_path):

@@ -21,7 +21,7 @@ from rald_fast import kernels
 from rald_fast.config import LossConfig
 from rald_fast.data.dataset import Split
 from rald_fast.hierarchy import Taxonomy
-from rald_fast.models.losses import neighbour_stats, relation_qk
+from rald_fast.models.losses import attention_entropy, neighbour_stats, relation_qk
 from rald_fast.preprocess import Preprocess
 
 
@@ -66,11 +66,15 @@ def predict_split(model, split: Split, preprocess: Preprocess, batch_size: int,
 
 def batch_neighbour_stats(out: dict, probs: torch.Tensor, labels: torch.Tensor, model,
                           cfg: LossConfig) -> dict[str, float]:
-    """NNLDL's neighbour purity for one batch: for `cfg`'s relation, and (suffix `_cosine_f`) for
-    the cosine of the backbone features F; see `losses.neighbour_stats`."""
+    """NNLDL's neighbour purity for one batch: for `cfg`'s relation, and for comparison for ITRR's
+    R_v itself (suffix `_attention`, when that is not `cfg`'s relation) and the cosine of the
+    backbone features F (suffix `_cosine_f`); see `losses.neighbour_stats`. Also ITRR's attention
+    entropy / log N (`itrr_entropy`)."""
     coarse_of = torch.as_tensor(model.taxonomy.coarse_of_fine(), device=labels.device)
-    stats = {}
-    for relation, suffix in ((cfg.nnldl_relation, ""), ("cosine-f", "_cosine_f")):
+    stats = {"itrr_entropy": float(attention_entropy(out["itrr_q"], out["itrr_k"], model.cfg.scale))}
+    relations = [(cfg.nnldl_relation, "")]
+    relations += [("attention", "_attention")] if cfg.nnldl_relation != "attention" else []
+    for relation, suffix in (*relations, ("cosine-f", "_cosine_f")):
         q, k, s = relation_qk(out, relation, model.cfg.scale, cfg.nnldl_tau)
         _, nn_idx, _ = kernels.neighbour_targets(q, k, probs, cfg.k, s)
         for name, v in neighbour_stats(nn_idx, labels, labels, coarse_of).items():

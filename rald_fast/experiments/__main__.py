@@ -9,8 +9,8 @@ PNG under --out; training runs are shared and resumable under OUT/runs/, see com
   compare    Table 1: per-class accuracy of several checkpoints in the valence/coarse/fine layout
   figures    Fig. 9 t-SNE (baseline vs RALD), Fig. 8 top-5 neighbours, confusion, training curves
   modes      accuracy of each ITRR inference mode (batch, bank, self) at several test batch sizes
-  study      does each module help, and why: weight-decay grid, modules, readings, label noise, over
-             seeds, with NNLDL's neighbour purity and ITRR's entropy (docs/RESULTS.md)
+  study      ResNet18 against RALD as printed and with the relation that learns, paired over seeds with
+             95 % CIs, NNLDL's neighbour purity, ITRR's entropy, module by module (docs/RESULTS.md)
 
 Examples:
   python -m rald_fast.experiments ablation --out runs/exp --image-size 32 --epochs 10 --seeds 2
@@ -28,7 +28,6 @@ from pathlib import Path
 from rald_fast.cli import add_device_option, run_cli, setup_logging
 from rald_fast.config import ITRR_MODES
 from rald_fast.experiments.common import add_budget_arguments, experiment_dir
-from rald_fast.experiments.study import NOISE, RELATIONS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,18 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="PCT", help="shares of training labels flipped, in percent (default 0 10 20 30 40)")
     n.add_argument("--models", nargs="+", default=["a", "g", "rald"], metavar="VARIANT",
                    help="variants to compare (default: a g rald)")
-    st = sub.add_parser("study", help="multi-seed evidence: modules, readings, noise, neighbour purity",
-                        description=budget)
+    st = sub.add_parser("study", help="paired multi-seed study: ResNet18 vs RALD, the relation that learns, "
+                                      "neighbour purity, module by module", description=budget)
     add_budget_arguments(st)
-    st.add_argument("--weight-decays", type=float, nargs="+", default=[5e-4, 5e-3], metavar="WD",
-                    help="grid for ResNet18 and RALD; each is compared at its best (default 5e-4 5e-3)")
-    st.add_argument("--relations", nargs="*", default=list(RELATIONS), choices=RELATIONS, metavar="R",
-                    help=f"NNLDL relations besides the configured one (default: {' '.join(RELATIONS)})")
-    st.add_argument("--flips", type=float, nargs="+", default=list(NOISE), metavar="P",
-                    help="label-noise column: shares of flipped training labels (default 0 0.2 0.4)")
     st.add_argument("--jobs", type=int, default=1, help="runs trained at once, one CPU thread each")
+    st.add_argument("--ablation", choices=("auto", "on", "off"), default="auto",
+                    help="module-by-module cells: auto = when a RALD cell's mean is below ResNet18's (default)")
     st.add_argument("--report-only", action="store_true",
-                    help="train nothing: tables from the runs that have finished (missing seeds noted)")
+                    help="train nothing: the tables from OUT/study_plan.json and the runs that have finished "
+                         "(missing seeds noted); no budget options needed")
+    st.add_argument("--mixed-revisions", action="store_true",
+                    help="tabulate runs of several code revisions (marked per cell) instead of refusing")
     f = sub.add_parser("fps", help="Table 1's speed row: ResNet18 vs RALD images/s")
     f.add_argument("--checkpoints", nargs="*", default=[], metavar="CKPT",
                    help="time these checkpoints (default: freshly built variant a and rald)")
@@ -112,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "study":
             if args.jobs < 1:
                 raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
-            text = study.write_study(study.run_study(args), out, name)
+            cells = study.load_study(out) if args.report_only else study.run_study(args, out)
+            text = study.write_study(cells, out, args.mixed_revisions, name)
         elif args.command == "ablation":
             rows = ablation.run_ablation(args, args.variants)
             ablation.write_ablation(rows, out, name)

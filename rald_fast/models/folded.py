@@ -69,6 +69,10 @@ class FoldedRALD(nn.Module):
                 bank_k, bank_v = model.itrr.context_kv(bank.float().to(model.head.weight.device))
                 self.register_buffer("bank_k", bank_k.contiguous())            # (h, M, D/h)
                 self.register_buffer("bank_v", bank_v.contiguous())
+            if self.itrr is not None:
+                self.itrr.fold_relation()  # ITRR's RelationNorm and temperature into W_Q, W_K
+                if self.itrr_mode == "self":  # one key per query: Q and K never reach the output
+                    del self.itrr.w_q, self.itrr.w_k
             self.lgifo = model.lgifo
             if model.lgifo is not None:
                 s = model.label_tokens()                                       # S~ (C, D)

@@ -2,9 +2,12 @@
 
 NNLDL, eqs. (18)-(19): for image i take its k most related other images, weights r renormalised over
 the k, and the target D^i = sum_j r_j P_j / sum_j r_j. L_KL = -(1 / (N C_f)) sum_i sum_c D^i_c log P^i_c.
-D is a target (stop-gradient) unless `nnldl_grad` is set. With fewer than k + 1 images all the others
-are used; a single image has no neighbour and contributes no L_KL. Total loss (20)-(21):
-L = CE(P, Y) + w * L_KL.
+D is a target (stop-gradient) unless `nnldl_grad` is set; `nnldl_relation_grad` lets the gradient
+reach the relation through the weights r alone (the neighbours' predictions P_j stay a target, so
+L_KL cannot pull them toward image i), which is what teaches R_v which images are related. With fewer
+than k + 1 images all the others are used; a single image has no neighbour and contributes no L_KL.
+`nnldl_normaliser`: eq. (19)'s 1 / (N C_f) as printed, or 1 / N (a per-image average: with 33 classes
+the printed one makes L_KL's gradient about 1/33 of CE's). Total loss (20)-(21): L = CE(P, Y) + w * L_KL.
 
 "Most related" (`--nnldl-relation`, docs/DESIGN.md has the measurements behind the default):
 - `attention`: R_v as printed, ITRR's softmax(lambda Q_v K_v^T) averaged over heads. Q_v and K_v come
@@ -118,6 +121,8 @@ def nnldl_loss(logits: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale: fl
         return logits.new_zeros(()), None, None
     if cfg.nnldl_grad:
         d, idx, _ = kernels.neighbour_targets_ref(q, keys, preds, cfg.k, scale)
+    elif cfg.nnldl_relation_grad:  # through the weights r only: the predictions stay a target
+        d, idx, _ = kernels.neighbour_targets_ref(q, keys, preds.detach(), cfg.k, scale)
     else:
         with torch.no_grad():
             d, idx, _ = kernels.neighbour_targets(q.detach(), keys.detach(), preds.detach(),
@@ -126,7 +131,8 @@ def nnldl_loss(logits: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale: fl
         memory.push(k, p, labels)
     if key_labels is not None and key_labels.shape[0] != keys.shape[1]:
         key_labels = None  # a memory restored from an older checkpoint has no labels
-    return -(d * log_p).sum() / (n * c), idx, key_labels
+    norm = n * c if cfg.nnldl_normaliser == "printed" else n                  # eq. (19) | per image
+    return -(d * log_p).sum() / norm, idx, key_labels
 
 
 def rald_loss(out: dict, labels: torch.Tensor, cfg: LossConfig, scale: float,

@@ -40,7 +40,9 @@ class RALD(nn.Module):
         d, h = cfg.dim, cfg.heads
         block = dict(dropout=cfg.dropout, input_residual=cfg.input_residual)
         self.backbone = build_resnet18(cfg.backbone_weights)                  # F_v, eq. (1)
-        self.itrr = AttentionBlock(d, h, cfg.scale, **block) if cfg.itrr else None
+        relation = dict(qk_norm=cfg.itrr_qk_norm, temperature_cap=cfg.itrr_temperature_cap,
+                        tie_qk_init=cfg.itrr_tied_init)                        # R_v, SPEC 3.1
+        self.itrr = AttentionBlock(d, h, cfg.scale, **block, **relation) if cfg.itrr else None
         if cfg.itrr:  # ITRR's reference bank F (M, D) for `bank` inference; M = 0 until one is set
             self.register_buffer("itrr_reference", torch.zeros(0, d))
         self.hlrr = self.lgifo = None
@@ -132,21 +134,30 @@ class RALD(nn.Module):
     def forward(self, images: torch.Tensor) -> dict:
         return self.forward_head(self.forward_features(images))
 
-    def param_groups(self, lr: float, attn_lr_mult: float) -> list[dict]:
-        """The backbone at `lr`; the attention modules, the label projection, the bias table and,
-        when any of them exists, the fine head that reads their LayerNorm'd output (norm about
-        sqrt(D)) at `lr * attn_lr_mult`: plain SGD at the backbone's rate makes those logits blow up
-        (docs/DESIGN.md). A bare ResNet18 (Table 3 a) trains its head at `lr` as usual."""
-        attn = [m for m in (self.itrr, self.hlrr, self.lgifo, getattr(self, "label_proj", None))
-                if m is not None]
-        ids = {id(p) for m in attn for p in m.parameters()}
+    def param_groups(self, lr: float, attn_lr_mult: float = 1.0, relation_lr_mult: float = -1.0) -> list[dict]:
+        """SGD parameter groups, named. `shared`: what a bare ResNet18 has too (backbone, fine head),
+        at `lr` in every variant, so a comparison with Table 3 (a) trains the shared part alike.
+        `added`: what RALD adds (ITRR, HLRR, LGIFO, the label projection, the bias table) at
+        `lr * attn_lr_mult`. `relation`: ITRR's W_Q, W_K and temperature (R_v) at `lr *
+        relation_lr_mult` (-1: as `added`); the temperature takes no weight decay."""
+        relation_lr_mult = attn_lr_mult if relation_lr_mult == -1 else relation_lr_mult
+        relation = self.itrr.relation_parameters() if self.itrr is not None else []
+        added_modules = [m for m in (self.itrr, self.hlrr, self.lgifo, getattr(self, "label_proj", None))
+                         if m is not None]
+        added_ids = {id(p) for m in added_modules for p in m.parameters()}
         if getattr(self, "bias_table", None) is not None:
-            ids.add(id(self.bias_table))
-        if attn:
-            ids |= {id(p) for p in self.head.parameters()}
-        slow = [p for p in self.parameters() if id(p) in ids]
-        fast = [p for p in self.parameters() if id(p) not in ids]
-        groups = [{"params": fast, "lr": lr}, {"params": slow, "lr": lr * attn_lr_mult}]
+            added_ids.add(id(self.bias_table))
+        relation_ids = {id(p) for p in relation}
+        temperature = getattr(self.itrr, "log_temperature", None)
+        groups = [
+            {"name": "shared", "lr": lr, "params": [p for p in self.parameters() if id(p) not in added_ids]},
+            {"name": "added", "lr": lr * attn_lr_mult,
+             "params": [p for p in self.parameters() if id(p) in added_ids - relation_ids]},
+            {"name": "relation", "lr": lr * relation_lr_mult,
+             "params": [p for p in relation if p is not temperature]},
+            {"name": "temperature", "lr": lr * relation_lr_mult, "weight_decay": 0.0,
+             "params": [temperature] if temperature is not None else []},
+        ]
         return [g for g in groups if g["params"]]
 
     def has_module(self, name: str) -> bool:

@@ -32,6 +32,7 @@ from rald_fast.data.build import Data, build_data
 from rald_fast.data.dataset import Split
 from rald_fast.data.loader import batch_loader, global_batches
 from rald_fast.preprocess import Preprocess
+from rald_fast.revision import code_revision
 from rald_fast.train.distributed import (SINGLE, DistInfo, barrier, init_from_env, local_rows, shutdown,
                                    slice_sizes, sync_batchnorm)
 from rald_fast.config import ITRR_MODES
@@ -173,6 +174,15 @@ def write_metrics(out: Path, row: dict) -> None:
         w.writerows(rows)
 
 
+def run_revisions(out: Path) -> dict:
+    """summary.json's record of the code: `revision` (the one that trained every epoch, or None when
+    epochs of a resumed run came from different revisions or from outside git) and `revisions` (each
+    epoch's, in order of first appearance)."""
+    lines = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []
+    seen = list(dict.fromkeys(json.loads(x).get("revision") for x in lines if x.strip()))
+    return {"revision": seen[0] if len(seen) == 1 else None, "revisions": seen}
+
+
 def fit(cfg: Config, resume: str | None = None) -> dict:
     """Train (or continue) a run; returns the summary that is also written to summary.json."""
     device = resolve_device(cfg.run.device)
@@ -186,7 +196,9 @@ def fit(cfg: Config, resume: str | None = None) -> dict:
     model = build_model(cfg, data.taxonomy).to(device)
     if cfg.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    model = sync_batchnorm(model, info, device.type)  # BatchNorm over the global batch
+    # the backbone's BatchNorm over the global batch; the head (ITRR's RelationNorm) already runs on the
+    # all-gathered global batch in every process
+    model.backbone = sync_batchnorm(model.backbone, info, device.type)
     optimizer, scheduler = build_optimizer(cfg, model)
     scaler = make_scaler(cfg.run.amp, device)
     out = Path(cfg.run.out)
@@ -196,7 +208,11 @@ def fit(cfg: Config, resume: str | None = None) -> dict:
         ckpt = load_checkpoint(resume, "--resume")
         check_compatible(ckpt, cfg, data.taxonomy, resume)
         model.load_state_dict(ckpt.model)
-        optimizer.load_state_dict(ckpt.optimizer)
+        try:
+            optimizer.load_state_dict(ckpt.optimizer)
+        except ValueError as e:  # e.g. a checkpoint of a revision with other parameter groups
+            raise ValueError(f"{resume}: its optimiser state does not fit this model's parameter groups "
+                             f"({e}); it was written by another revision of rald_fast") from None
         scheduler.load_state_dict(ckpt.scheduler)
         _restore_rng(ckpt.rng)
         if memory is not None:
@@ -221,7 +237,7 @@ def fit(cfg: Config, resume: str | None = None) -> dict:
     t_start = time.perf_counter()
     row: dict = {}
     for epoch in range(start_epoch, cfg.optim.epochs):
-        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
+        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "revision": code_revision()}
         row.update(train_one_epoch(model, data.train, preprocess, optimizer, cfg, epoch, device,
                                    memory, forward, info, scaler))
         scheduler.step()
@@ -248,7 +264,7 @@ def fit(cfg: Config, resume: str | None = None) -> dict:
     summary = {"out": str(out), "checkpoint": str(out / "last.pt"), "dataset": str(data.root),
                "epochs": cfg.optim.epochs, "final": row, "best": best,
                "train_seconds": time.perf_counter() - t_start, "variant": cfg.variant,
-               "preset": cfg.preset, "processes": info.world_size}
+               "preset": cfg.preset, "processes": info.world_size, **run_revisions(out)}
     if info.is_main:
         summary.update(accuracy_by_itrr_mode(model, data, preprocess, cfg, device))
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
