@@ -44,7 +44,9 @@ setup(
         "test": ["pytest>=8", "pytest-benchmark>=4", "scipy>=1.11", "pytest-timeout>=2", "scikit-image>=0.22"],
         # optional GPU back-ends, never installed by the tests (no GPU on the CI machine): a
         # TensorRT engine and Torch-TensorRT modules (rald_fast.export.tensorrt, the engine)
-        "tensorrt": ["tensorrt>=10", "torch-tensorrt>=2.4"],
+        # TensorRT 10 only: 11 dropped the weakly typed FP16/BF16 builder flags the engine build uses;
+        # Torch-TensorRT's save() must take dynamic_shapes (checked at export: rald_fast/export/tensorrt.py)
+        "tensorrt": ["tensorrt>=10,<11", "torch-tensorrt>=2.4"],
         # the torch-free TensorRT engine runner (rald_fast.export.pycuda_runner) for slim images;
         # it also needs TensorRT 10 (`pip install tensorrt`), not repeated here: the `tensorrt` extra
         # declares it (with torch-tensorrt, which a slim image does not want)

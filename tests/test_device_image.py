@@ -6,39 +6,14 @@ image lacks, then runs the default model's build, one training epoch and an ONNX
 interpreter: a bundled label-vector table must not need gensim.
 """
 
-import re
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+from bench.device_image import missing_on_device
+
 ROOT = Path(__file__).resolve().parents[1]
-IMAGE = ROOT / "bench" / "device_image_packages.txt"
-# import names of the distributions, where they differ (and the libraries those pull in)
-IMPORT_NAMES = {"opencv-python-headless": ["cv2"], "pillow": ["PIL"], "pyyaml": ["yaml"],
-                "scikit-learn": ["sklearn"], "scikit-image": ["skimage"], "gensim": ["gensim", "smart_open"],
-                "torch-tensorrt": ["torch_tensorrt"], "pytest-benchmark": ["pytest_benchmark"],
-                "pytest-timeout": ["pytest_timeout"]}
-
-
-def _norm(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def image_packages() -> set[str]:
-    return {_norm(x) for x in IMAGE.read_text().splitlines() if x.strip() and not x.startswith("#")}
-
-
-def declared() -> set[str]:
-    """Every distribution setup.py requires (install_requires and extras): each has a version range."""
-    text = (ROOT / "setup.py").read_text()
-    found = re.findall(r'"([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?\s*[<>=!~][^"]*"', text)
-    return {_norm(m) for m in found if not m.startswith("rald-")}  # not the console scripts' "name = module"
-
-
-def missing_on_device() -> list[str]:
-    """Import names of what setup.py declares and the device image lacks."""
-    return sorted(n for d in declared() - image_packages() for n in IMPORT_NAMES.get(d, [d.replace("-", "_")]))
 
 
 def test_the_hidden_set_is_what_the_device_lacks():
@@ -50,8 +25,8 @@ def test_the_hidden_set_is_what_the_device_lacks():
 def test_rald_builds_trains_and_exports_without_the_packages_the_device_lacks(tmp_path):
     script = textwrap.dedent(f"""
         import sys
-        for name in {missing_on_device()!r}:
-            sys.modules[name] = None          # import fails as on the device image
+        from bench.device_image import hide_missing
+        hide_missing()                        # importing them fails, as on the device image
         from rald_fast.config import make_config
         from rald_fast.train.loop import fit
         from rald_fast.export.build import main as export_main

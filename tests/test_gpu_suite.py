@@ -23,26 +23,49 @@ def load_suite():
 
 def test_dry_run_covers_every_section(tmp_path):
     out = tmp_path / "suite.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_suite.py"), "--dry-run", "--out", str(out)],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)  # a plain checkout
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_suite.py"), "--dry-run", "--out", str(out),
+                           "--revision", "abc"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["errors"] == [], result["errors"]
     assert result["finished"] and result["dry_run"]
-    assert {"torch", "triton", "cuda", "git", "device", "paper"} <= set(result["env"])
+    assert {"torch", "triton", "cuda", "device", "paper"} <= set(result["env"]) and result["env"]["revision"] == "abc"
     assert result["kernels"]["checks_ok"], result["kernels"]  # every bias case, TF32 off, float64 truth
     rows = {(r["model"], r["engine"], r["dtype"], r["batch"]) for r in result["inference"]}
     for model in ("resnet18", "rald"):
-        for dt in ("fp32", "bf16", "fp16"):
-            assert {(model, "eager", dt, 2), (model, "eager", dt, 4)} <= rows
-    assert {("rald", "compiled_cudagraphs", "fp32", 4), ("rald", "pt2", "fp32", 4)} <= rows
+        for dt in ("fp32", "fp16"):
+            assert {(model, "graphs", dt, 2), (model, "graphs", dt, 4)} <= rows
+    assert {("rald", "max_autotune", "fp32", 4), ("rald", "pt2", "fp32", 4)} <= rows
     for r in result["inference"]:
-        assert r["images_per_s"] > 0
-        assert r["max_abs_prob_diff_vs_fp32_eager"] < (1e-5 if r["dtype"] == "fp32" else 2e-2), r
+        assert r["images_per_s"] > 0 and r["ms_p10"] <= r["ms_median"] <= r["ms_p90"]
+        assert r["max_abs_prob_diff_vs_fp32"] < (1e-5 if r["dtype"] == "fp32" else 2e-2), r
     assert result["flops_per_image"]["rald"] > result["flops_per_image"]["resnet18"] > 0
-    train = {(r["compiled"], r["amp"]) for r in result["training"]}
-    assert train == {(False, "none"), (False, "bf16"), (True, "none")}
-    assert all(r["images_per_s"] > 0 for r in result["training"])
+    assert not list(tmp_path.rglob("*.pt2"))  # packages go to a temporary folder, never beside the results
+    lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+    assert any(x.get("engine") == "pt2" for x in lines)  # each row printed as it lands
+
+
+def test_headline_dry_run_prints_every_item_and_fits_its_plan(tmp_path):
+    """bench/gpu_headline.py on the CPU: the device image's missing packages hidden, one JSON line per
+    result in the output and in OUT/headline.jsonl, the correctness check passing, the plan printed."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_headline.py"), "--dry-run", "--out",
+                           str(tmp_path), "--revision", "abc", "--skip", "compiled_inference,compiled_train"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    printed = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+    saved = [json.loads(x) for x in (tmp_path / "headline.jsonl").read_text().splitlines()]
+    assert printed == saved
+    kinds = {r["kind"] for r in saved}
+    assert {"env", "dry_run", "calibrate", "build", "check", "inference", "ratio", "train", "kernels", "returned",
+            "done"} <= kinds and "error" not in kinds, [r for r in saved if r["kind"] == "error"]
+    env = saved[0]
+    assert env["revision"] == "abc" and env["plan_estimates_s"]["inference"] > 0
+    assert set(env["expected_within_budget"]) >= {"calibrate", "build", "check", "inference", "train"}
+    assert {"gensim", "tensorrt", "pycuda"} <= set(next(r for r in saved if r["kind"] == "dry_run")["hidden_packages"])
+    assert all(r["ok"] for r in saved if r["kind"] == "check")
+    models = {(r["model"], r["batch"]) for r in saved if r["kind"] == "inference"}
+    assert models == {("rald", 4), ("resnet18", 4), ("rald", 1), ("resnet18", 1)}
+    assert next(r for r in saved if r["kind"] == "returned")["within_limits"]
 
 
 def test_pt2_package_builds_loads_and_matches_eager(tmp_path):
@@ -130,3 +153,17 @@ def test_kernel_item_is_costed_from_its_compile_count():
     assert est["seconds"] >= est["triton_compiles"] * gk.TRITON_COMPILE_S + 4 * gk.FLEX_COMPILE_S
     cost, limit = load_suite().kernels_cost(dry=False)
     assert cost == est["seconds"] and limit > cost
+
+
+def test_triton_sm90_records_every_kernel_the_gpu_runs_use():
+    """bench/triton_sm90.py's recorder (the compile itself: its committed output, docs/PERFORMANCE.md):
+    every kernel, the GPU's split plans (merge candidates beyond one split), bf16/fp16/fp32."""
+    ts = load_bench("triton_sm90")
+    seen = ts.record_specialisations()
+    names = {kernel.fn.__name__ for kernel, *_ in seen.values()}
+    assert names == {"_attn_fwd_kernel", "_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel", "_attn_bwd_fused_kernel",
+                     "_row_lse_kernel", "_topk_kernel", "_merge_kernel"}
+    pointer_types = {t for _, _, sig, *_ in seen.values() for t in sig.values() if t.startswith("*")}
+    assert {"*bf16", "*fp16", "*fp32"} <= pointer_types
+    assert any(const.get("CAND_P", 0) > 8 for _, _, _, const, *_ in seen.values())  # several key splits
+    assert len(seen) >= 60

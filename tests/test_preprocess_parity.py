@@ -64,4 +64,4 @@ def test_photo_same_probabilities_in_training_eval_and_every_artifact(photos, ex
         np.testing.assert_allclose(got, reference, atol=2e-5, err_msg=str(path))
     # the pixels themselves: the predictor's batch equals the split's decoded images exactly
     batch = Predictor.load(exported_artifacts["ckpt"], device="cpu").to_batch(images)
-    assert torch.equal(batch.to(torch.uint8), split.images)
+    assert torch.equal(batch.permute(0, 3, 1, 2), split.images)

@@ -57,7 +57,12 @@ class FakeDevice:
         m = types.ModuleType("pycuda.driver")
         m.mem_alloc = self.Allocation
         m.Stream = self.Stream
-        m.pagelocked_empty = lambda shape, dtype: np.empty(shape, dtype)
+        self.pinned = 0
+
+        def pagelocked_empty(shape, dtype):
+            self.pinned += 1
+            return np.empty(shape, dtype)
+        m.pagelocked_empty = pagelocked_empty
 
         def htod(dst, src, stream):
             raw = np.ascontiguousarray(src).view(np.uint8).ravel()
@@ -202,6 +207,7 @@ def test_runs_batches_slices_and_reuses_buffers(fake, tmp_path):
         np.testing.assert_allclose(out["probs"], probs, rtol=1e-5, atol=1e-6)
     assert runner.engine.contexts[0].runs == [3, 1, 16, 16, 16, 5]
     assert device.allocs <= 9 and device.freed == device.allocs - 3  # grown, not made per call
+    assert device.pinned <= 9  # page-locked host buffers too: 6 runs would pin 18 if made per call
     labels = runner.labels(out["probs"])
     assert labels[0] == (FINE[out["probs"][0].argmax()], PARENT[out["probs"][0].argmax()])
 

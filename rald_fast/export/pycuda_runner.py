@@ -69,6 +69,7 @@ class PycudaEngineRunner:
                                     f" but its metadata says (N, 3, {s}, {s}): the sidecar is another model's")
         self.stream = cuda.Stream()
         self._device: dict[str, tuple[int, object]] = {}  # name -> (capacity in bytes, allocation)
+        self._pinned: dict[str, np.ndarray] = {}  # name -> page-locked host buffer, grown as needed
 
     # --- host logic --------------------------------------------------------------------------------
     def _buffer(self, name: str, nbytes: int):
@@ -79,6 +80,16 @@ class PycudaEngineRunner:
             buf = self.cuda.mem_alloc(max(nbytes, 1))
             self._device[name] = (nbytes, buf)
         return buf
+
+    def _host(self, name: str, shape: tuple, dtype) -> np.ndarray:
+        """A page-locked (N, ...) host array for `name`, a view of a buffer kept between calls (pinning
+        memory costs a system call and page faults: never per batch)."""
+        n = int(np.prod(shape))
+        buf = self._pinned.get(name)
+        if buf is None or buf.size < n:
+            buf = self.cuda.pagelocked_empty((n,), dtype)
+            self._pinned[name] = buf
+        return buf[:n].reshape(shape)
 
     def check_input(self, images) -> np.ndarray:
         x = np.asarray(images)
@@ -105,7 +116,7 @@ class PycudaEngineRunner:
             raise ArtifactError(f"TensorRT refused input shape {tuple(images.shape)} (profile batch "
                                 f"{self.min_batch}..{self.max_batch})")
         d_in = self._buffer(INPUT_NAME, images.nbytes)
-        host_in = cuda.pagelocked_empty(images.shape, images.dtype)
+        host_in = self._host(INPUT_NAME, images.shape, images.dtype)
         host_in[...] = images
         cuda.memcpy_htod_async(d_in, host_in, self.stream)
         ctx.set_tensor_address(INPUT_NAME, int(d_in))
@@ -114,7 +125,7 @@ class PycudaEngineRunner:
             shape = tuple(int(d) for d in ctx.get_tensor_shape(name))
             if not shape or shape[0] != n or min(shape) < 0:
                 raise ArtifactError(f"TensorRT reports output {name!r} of shape {shape} for batch {n}")
-            host[name] = cuda.pagelocked_empty(shape, self.dtypes[name])
+            host[name] = self._host(name, shape, self.dtypes[name])
             ctx.set_tensor_address(name, int(self._buffer(name, host[name].nbytes)))
         if not ctx.execute_async_v3(self.stream.handle):
             raise ArtifactError("TensorRT engine execution failed (see its log above)")

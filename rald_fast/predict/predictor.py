@@ -80,11 +80,17 @@ class Predictions:
         return len(self.probs)
 
 
+def as_float_nchw(x: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, S, S, 3) -> float32 (N, 3, S, S) 0..255: the input every exported artifact takes."""
+    return x.permute(0, 3, 1, 2).float().contiguous()
+
+
 def _probs_of(module, device: torch.device):
-    """x -> probs of a module that returns (logits, probs), run on `device` without autograd."""
+    """uint8 NHWC x -> probs of an exported module that takes float32 NCHW 0..255 and returns
+    (logits, probs), run on `device` without autograd."""
     @torch.no_grad()
     def run(x: torch.Tensor) -> torch.Tensor:
-        return module(x.to(device))[1]
+        return module(as_float_nchw(x).to(device))[1]
     return run
 
 
@@ -117,9 +123,11 @@ class Predictor:
     # --- loading --------------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", backend: str | None = None,
-             itrr_mode: str | None = None) -> Predictor:
-        """`backend` defaults to the file's suffix (see SUFFIXES); `itrr_mode` is for checkpoints
-        only (exported artifacts have theirs built in): None = bank if stored, else self."""
+             itrr_mode: str | None = None, precision: str = "fp32", compile: str | None = None) -> Predictor:
+        """`backend` defaults to the file's suffix (see SUFFIXES). For checkpoints only (exported
+        artifacts have theirs built in): `itrr_mode` (None = bank if stored, else self), and the fast
+        path's `precision` (fp32 | bf16 | fp16) and `compile` (a torch.compile mode, e.g.
+        "max-autotune-no-cudagraphs", or None); see rald_fast/models/fast.py."""
         path = Path(path)
         if not path.is_file():
             raise ArtifactError(f"{path}: no such model file")
@@ -127,33 +135,38 @@ class Predictor:
         if kind not in set(SUFFIXES.values()):
             raise ArtifactError(f"{path}: unknown model kind {path.suffix or backend!r}; expected a checkpoint "
                               f"(.pt), .onnx, .pt2, .ts, a TensorRT .engine or a Torch-TensorRT .ep")
-        if itrr_mode is not None and kind != "checkpoint":
-            raise ArtifactError(f"{path}: itrr_mode applies to checkpoints only; a {kind} artifact's mode "
-                              f"was fixed at export (python export/build_trt.py --itrr-mode)")
+        if kind != "checkpoint" and (itrr_mode is not None or precision != "fp32" or compile is not None):
+            raise ArtifactError(f"{path}: itrr_mode, precision and compile apply to checkpoints only; a {kind} "
+                                f"artifact's were fixed at export (python export/build_trt.py)")
         try:
             dev = resolve_device(device)
         except ValueError as e:
             raise ArtifactError(str(e)) from None
+        if kind == "checkpoint":
+            return cls._load_checkpoint(path, dev, itrr_mode, precision, compile)
         return getattr(cls, f"_load_{kind}")(path, dev, itrr_mode)
 
     @classmethod
-    def _load_checkpoint(cls, path, device, itrr_mode):
+    def _load_checkpoint(cls, path, device, itrr_mode, precision="fp32", compile=None):
+        """The fast path (rald_fast/models/fast.py): the folded model on uint8 NHWC input, in `precision`,
+        with a CUDA graph per batch size on a GPU."""
         from rald_fast.export.artifacts import build_metadata
         from rald_fast.models import load_model
+        from rald_fast.models.fast import DTYPES, FastEngine, fast_module
         from rald_fast.models.folded import fold
 
+        if precision not in DTYPES:
+            raise ArtifactError(f"precision must be one of {', '.join(DTYPES)}, got {precision!r}")
         try:
             loaded = load_model(path, device)
         except (CheckpointError, KeyError) as e:
             raise ArtifactError(f"{path}: not a rald_fast training checkpoint ({e})") from None
         folded = fold(loaded.model, loaded.preprocess, itrr_mode).eval()
-        if device.type == "cpu":
-            folded = folded.to(memory_format=torch.channels_last)
         meta = build_metadata(loaded.cfg, loaded.taxonomy, loaded.preprocess, folded.itrr_mode, str(path),
                               trained_on=loaded.provenance)
-
-        predictor = cls(_probs_of(folded, device), meta, path, "checkpoint", device)
-        predictor.module = folded
+        engine = FastEngine(fast_module(folded, precision), device, compile=compile)
+        predictor = cls(engine, meta, path, "checkpoint", device)
+        predictor.module, predictor.precision = folded, precision
         return predictor
 
     @classmethod
@@ -172,7 +185,7 @@ class Predictor:
         session = ort.InferenceSession(str(path), providers=providers)
 
         def run(x: torch.Tensor) -> torch.Tensor:
-            return torch.from_numpy(session.run(["probs"], {"images": x.numpy()})[0])
+            return torch.from_numpy(session.run(["probs"], {"images": as_float_nchw(x).numpy()})[0])
         return cls(run, meta, path, "onnx", device)
 
     @classmethod
@@ -212,7 +225,7 @@ class Predictor:
             raise ArtifactError(f"{path}: cannot run a TensorRT engine here: {gap}")
         meta = read_sidecar(path, require_hash=True)
         runner = trt_export.EngineRunner(path)
-        return cls(lambda x: runner(x)["probs"], meta, path, "tensorrt", torch.device("cuda"),
+        return cls(lambda x: runner(as_float_nchw(x))["probs"], meta, path, "tensorrt", torch.device("cuda"),
                    runner.max_batch)
 
     @classmethod
@@ -230,8 +243,8 @@ class Predictor:
 
     # --- prediction -----------------------------------------------------------------------------
     def to_batch(self, images) -> torch.Tensor:
-        """float32 (N, 3, S, S) 0..255 from uint8 RGB: an (N, H, W, 3) array, one (H, W, 3) image,
-        or a list of (H, W, 3) / (H, W) arrays of any size (resized as the training data was)."""
+        """uint8 (N, S, S, 3) RGB from an (N, H, W, 3) array, one (H, W, 3) image, or a list of
+        (H, W, 3) / (H, W) arrays of any size (resized as the training data was)."""
         s = self.preprocess.image_size
         if isinstance(images, np.ndarray) and images.ndim == 4:
             images = list(images)
@@ -246,7 +259,7 @@ class Predictor:
                 out[i] = resize_square(as_rgb_array(im, f"image {i}"), s)
             except ValueError as e:
                 raise ArtifactError(str(e)) from None
-        return torch.from_numpy(out).permute(0, 3, 1, 2).float().contiguous()
+        return torch.from_numpy(out)
 
     def predict(self, images, batch_size: int | None = None) -> Predictions:
         x = self.to_batch(images)
