@@ -41,7 +41,8 @@ setup(
         "rald-experiments = rald_fast.experiments.__main__:cli",
     ]},
     extras_require={
-        "test": ["pytest>=8", "pytest-benchmark>=4", "scipy>=1.11", "pytest-timeout>=2", "scikit-image>=0.22"],
+        "test": ["pytest>=8", "pytest-benchmark>=4", "scipy>=1.11", "pytest-timeout>=2", "scikit-image>=0.22",
+                 "hypothesis>=6.100"],
         # optional GPU back-ends, never installed by the tests (no GPU on the CI machine): a
         # TensorRT engine and Torch-TensorRT modules (rald_fast.export.tensorrt, the engine)
         # TensorRT 10 only: 11 dropped the weakly typed FP16/BF16 builder flags the engine build uses;

@@ -48,7 +48,7 @@ def _runner(backend: str, variant: str, device: str, tmp):
     if backend == "folded":
         folded = folded.to(memory_format=torch.channels_last)
         return lambda x: folded(x)[1]
-    from rald_fast.export.artifacts import build_metadata
+    from rald_fast.artifacts import build_metadata
 
     cfg = make_config("quick", variant, image_size=SIZE)
     meta = build_metadata(cfg, fg_emotions(), pre, folded.itrr_mode, "random-init")

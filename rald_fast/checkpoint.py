@@ -10,8 +10,11 @@ executes code from the file (`weights_only=True`).
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
 from dataclasses import dataclass, field, fields
@@ -60,8 +63,18 @@ class Checkpoint:
     format: str = FORMAT
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file here (mkstemp's is 0600)
+
+
 def atomic_write(path: str | Path, write) -> None:
-    """Call `write(fileobj)` on a temp file beside `path`, fsync, then rename it to `path`."""
+    """Call `write(fileobj)` on a temp file beside `path`, fsync, then rename it to `path`; the file gets
+    the usual permissions of a new file (readable like the artifacts beside it), not mkstemp's 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -69,6 +82,7 @@ def atomic_write(path: str | Path, write) -> None:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
+            os.fchmod(f.fileno(), FILE_MODE)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -80,21 +94,86 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
+def _nulls(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _nulls(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_nulls(v) for v in obj]
+    return obj
+
+
+def to_json(obj, indent: int | None = None) -> str:
+    """Strict JSON of `obj`: a NaN or infinite number (a flat taxonomy's coarse accuracy) becomes null,
+    which every JSON reader accepts, where Python's default `NaN` is not JSON."""
+    return json.dumps(_nulls(obj), indent=indent, allow_nan=False)
+
+
 def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
     """Write `ckpt` atomically (a crash leaves the old file or the new one)."""
     state = {**{f.name: getattr(ckpt, f.name) for f in fields(ckpt)}, "format": FORMAT, "version": __version__}
     atomic_write(path, lambda f: torch.save(state, f))
 
 
-def strip_state_prefixes(state: dict) -> dict:
-    """Drop `_orig_mod.` (torch.compile) and `module.` (DDP) prefixes."""
+TRAINING_PREFIXES = ("_orig_mod.", "module.")  # torch.compile, DDP
+
+
+def strip_state_prefixes(state: dict, prefixes: tuple[str, ...] = TRAINING_PREFIXES) -> dict:
+    """Keys without the wrappers' `prefixes` (repeated or nested, in any order); by default
+    torch.compile's `_orig_mod.` and DDP's `module.` (backbone.py adds other models' own)."""
     out = {}
     for k, v in state.items():
-        for p in ("_orig_mod.", "module."):
-            while k.startswith(p):
-                k = k[len(p):]
+        changed = True
+        while changed:
+            changed = False
+            for p in prefixes:
+                if k.startswith(p):
+                    k, changed = k[len(p):], True
         out[k] = v
     return out
+
+
+def _unpickler_reason(err: Exception) -> str:
+    """The line of torch's weights_only error that says what stopped it (never its advice to load the
+    file with weights_only=False, which would run the file's code)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    m = re.search(r"WeightsUnpickler error:\s*(.*?)(?: was not an allowed global|\n\s*\n|$)", text, re.S)
+    return " ".join((m.group(1) if m else text.strip().splitlines()[0]).split())
+
+
+def _looks_like(path: Path) -> str:
+    """What a file that torch cannot read seems to be, from its first bytes."""
+    with open(path, "rb") as f:
+        head = f.read(512).lstrip()
+    if head[:1] in (b"{", b"["):
+        return "JSON text"
+    if head.startswith((b"\x89PNG", b"\xff\xd8", b"GIF8", b"BM")):
+        return "an image"
+    if not head:
+        return "empty"
+    return "text" if all(32 <= c < 127 or c in (9, 10, 13) for c in head) else "binary data of another kind"
+
+
+def read_torch_file(path: str | Path) -> object:
+    """`torch.load(path, weights_only=True)`: tensors and plain values only, never code from the file.
+    The one safe reader of PyTorch files (checkpoints, backbone weights); a CheckpointError says what
+    the file is not: not a PyTorch file (and what it looks like), or refused because loading it would
+    run code."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = _unpickler_reason(e)
+        if any(w in reason.lower() for w in ("global", "function", "class", "reduce")):
+            raise CheckpointError(f"{path}: refused, loading it would run code from the file ({reason}); only "
+                                  "tensors and plain values are read. Re-save it as a state dict "
+                                  "(torch.save(model.state_dict(), ...)) in an environment you trust") from None
+        raise CheckpointError(f"{path}: not a PyTorch file: it looks like {_looks_like(path)} "
+                              f"({reason})") from None
+    except Exception as e:  # noqa: BLE001 (torch.load raises many types for a foreign file)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a PyTorch file: it looks like {_looks_like(path)} ({first})") from None
 
 
 def load_checkpoint(path: str | Path, option: str = "--checkpoint") -> Checkpoint:
@@ -103,13 +182,7 @@ def load_checkpoint(path: str | Path, option: str = "--checkpoint") -> Checkpoin
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{option} {path}: no such file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path}: refused, it needs code execution to load "
-                              f"({str(e).splitlines()[0]})") from None
-    except Exception as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({e})") from None
+    state = read_torch_file(path)
     if not isinstance(state, dict) or state.get("format") not in (FORMAT, *OLD_FORMATS):
         raise CheckpointError(f"{path}: not a rald_fast checkpoint (format {FORMAT} expected)")
     if state["format"] == "rald_fast.checkpoint/1":

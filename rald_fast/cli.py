@@ -7,6 +7,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 from rald_fast.device import DEVICE_CHOICES_HELP
 from rald_fast.errors import USER_ERRORS
@@ -49,3 +50,32 @@ def add_checkpoint_option(p: argparse.ArgumentParser, help: str = "a training ch
 def add_data_root_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", metavar="DIR",
                    help="dataset directory (default: the one the checkpoint was trained on)")
+
+
+def output_dir(path: str | Path, option: str = "--out") -> Path:
+    """The folder a command writes into, made when missing; one clear error when `path` is a file or
+    cannot be made (train, evaluate, export)."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{option} {p}: exists and is not a folder; name a folder for the outputs")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{option} {p}: cannot create this folder ({e.strerror})") from None
+    return p
+
+
+RUN_FILES = ("last.pt", "summary.json", "metrics.jsonl")
+
+
+def check_run_dir(path: str | Path, resuming: bool, overwrite: bool) -> None:
+    """A training run never silently replaces another: `path` may hold a run only when resuming it
+    or when told to overwrite it."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"--out {p}: exists and is not a folder; name a folder for the run")
+    held = [n for n in RUN_FILES if (p / n).exists()]
+    if held and not (resuming or overwrite):
+        state = "a finished run" if "summary.json" in held else "a run"
+        raise ValueError(f"--out {p} holds {state} ({', '.join(held)}): continue it with --resume "
+                         f"{p / 'last.pt'}, replace it with --overwrite, or choose another --out")

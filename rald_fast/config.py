@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import textwrap
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional, get_type_hints
@@ -35,11 +36,16 @@ class ModelConfig:
     dim: int = _opt(512, "model dim D = ResNet18's pooled feature size")
     heads: int = _opt(8, "attention heads h of ITRR, HLRR and LGIFO; D / h = 64 per head")
     scale: float = _opt(0.125, "lambda of eqs. (4), (8), (14): attention logit scale, 1/sqrt(D/h)")
-    sigma: int = _opt(500, "xi of label pairs joined by no path, eq. (9); the bias table has sigma + 1 rows")
-    itrr: bool = _opt(True, "ITRR: image topological relations across the batch, eqs. (3)-(7)")
-    hlrr: bool = _opt(True, "HLRR: hierarchy-aware label relations, eqs. (8)-(12); needs --lgifo")
-    lgifo: bool = _opt(True, "LGIFO: label-guided image features, eqs. (13)-(17)")
-    hierarchy_bias: bool = _opt(True, "HLRR's hierarchy bias b[xi] of eq. (8); off for flat labels (RALD-L)")
+    sigma: int = _opt(500, "distance given to two labels with no path between them in the label hierarchy "
+                           "(xi of eq. (9)); HLRR's bias table has sigma + 1 entries")
+    itrr: bool = _opt(True, "ITRR: each image attends to the other images of its batch (image topological "
+                            "relations, eqs. (3)-(7))")
+    hlrr: bool = _opt(True, "HLRR: the label tokens attend to each other, biased by their distance in the "
+                            "label hierarchy (hierarchy-aware label relations, eqs. (8)-(12)); needs --lgifo")
+    lgifo: bool = _opt(True, "LGIFO: each image attends to the label tokens to refine its features "
+                             "(label-guided image feature optimisation, eqs. (13)-(17))")
+    hierarchy_bias: bool = _opt(True, "HLRR's learnable bias by label distance in the hierarchy (b[xi] of eq. (8)); "
+                                      "off for flat label sets (RALD-L)")
     # the paper's blocks (eqs. 7, 12, 17) add none; without it RALD does not train (docs/DESIGN.md)
     input_residual: bool = _opt(
         True, "add each attention block's input to M (the paper adds none: docs/DESIGN.md, 'The input residual')")
@@ -59,7 +65,9 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    nnldl: bool = _opt(True, "NNLDL: nearest-neighbour label distribution loss, eqs. (18)-(19); needs --itrr")
+    nnldl: bool = _opt(True, "NNLDL: each image's prediction is also pulled toward the predictions of its k most "
+                             "related batch-mates (nearest-neighbour label distribution loss, eqs. (18)-(19)); "
+                             "needs --itrr")
     k: int = _opt(5, "neighbours per image in NNLDL's target D, eq. (18) (Fig. 6 sweeps it)")
     nnldl_weight: float = _opt(1.0, "weight of L_KL in L = CE + weight * L_KL (eq. (21) uses 1)")
     # the paper does not say; docs/DESIGN.md reads D of eq. (18) as a stop-gradient target
@@ -248,8 +256,33 @@ def make_config(preset: str = "quick", variant: str = "rald", **overrides) -> Co
     return cfg
 
 
+# numbers checked before anything runs: (option, interval); "(0, inf)" excludes 0, "[0, 1)" includes it
+_RANGES = {"lr": "(0, inf)", "momentum": "[0, 1)", "weight_decay": "[0, inf)", "lr_gamma": "(0, inf)",
+           "dropout": "[0, 1)", "scale": "(0, inf)", "nnldl_weight": "[0, inf)", "nnldl_tau": "(0, inf)",
+           "attn_lr_mult": "[0, inf)", "synth_flip_prob": "[0, 1]", "synth_difficulty": "[0, inf)",
+           "synth_fine_offset": "[0, inf)"}
+
+
+def _check_numbers(cfg: Config) -> None:
+    """Every float option finite, and each of `_RANGES` in its interval: a NaN lr must not reach step 2."""
+    for sub in _sections(cfg):
+        for f in fields(sub):
+            value = getattr(sub, f.name)
+            flag = f"--{f.name.replace('_', '-')}"
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{flag} must be a finite number, got {value}")
+            interval = _RANGES.get(f.name)
+            if interval is None:
+                continue
+            low, high = (float(x) for x in interval[1:-1].split(","))
+            if value < low or value > high or (value == low and interval[0] == "(") or \
+                    (value == high and interval[-1] == ")"):
+                raise ValueError(f"{flag} must be in {interval}, got {value}")
+
+
 def validate(cfg: Config) -> None:
     """Reject combinations that cannot run, naming the option to change."""
+    _check_numbers(cfg)
     m, lo, o = cfg.model, cfg.loss, cfg.optim
     if m.dim % m.heads:
         raise ValueError(f"--dim {m.dim} must be divisible by --heads {m.heads}")
@@ -262,8 +295,6 @@ def validate(cfg: Config) -> None:
     if lo.nnldl_relation not in NNLDL_RELATIONS:
         raise ValueError(f"--nnldl-relation must be one of {', '.join(NNLDL_RELATIONS)}, "
                          f"got {lo.nnldl_relation!r}")
-    if lo.nnldl_tau <= 0:
-        raise ValueError(f"--nnldl-tau must be > 0, got {lo.nnldl_tau}")
     if lo.nnldl_normaliser not in NNLDL_NORMALISERS:
         raise ValueError(f"--nnldl-normaliser must be one of {', '.join(NNLDL_NORMALISERS)}, "
                          f"got {lo.nnldl_normaliser!r}")
@@ -286,6 +317,10 @@ def validate(cfg: Config) -> None:
     for name, val in (("epochs", o.epochs), ("batch-size", o.batch_size), ("lr-step", o.lr_step)):
         if val < 1:
             raise ValueError(f"--{name} must be >= 1, got {val}")
+    if o.batch_size < 2 and (m.itrr or lo.nnldl):
+        raise ValueError(f"--batch-size {o.batch_size}: ITRR relates the images of a batch and NNLDL takes each "
+                         "image's neighbours from it, so one image per batch leaves both with nothing to relate; "
+                         "use --batch-size 2 or more (or --variant a, the bare ResNet18)")
     if cfg.run.reference_bank < -1:
         raise ValueError(f"--reference-bank must be -1 (batch size - 1), 0 (none) or a size, "
                          f"got {cfg.run.reference_bank}")

@@ -102,3 +102,31 @@ def exported_artifacts(tmp_path_factory):
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     assert res.returncode == 0, res.stdout + res.stderr
     return {"ckpt": ckpt, "out": tmp / "out", "stdout": res.stdout}
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> Path:
+    """A tiny RALD trained for one epoch on synthetic faces (tests/test_predict.py, test_inputs.py)."""
+    from rald_fast.config import make_config
+    from rald_fast.train.loop import fit
+
+    out = tmp_path_factory.mktemp("tiny_model")
+    fit(make_config("tiny", "rald", out=str(out), epochs=1, synth_train_per_class=1,
+                    synth_test_per_class=1, batch_size=16, eval_batch_size=16, image_size=32,
+                    progress=False))
+    return out / "last.pt"
+
+
+@pytest.fixture(scope="session")
+def predictor(checkpoint):
+    from rald_fast.predict.predictor import Predictor
+
+    return Predictor.load(checkpoint, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def astronaut():
+    """(512, 512, 3) uint8 RGB, scikit-image's bundled sample photograph (no download)."""
+    import skimage.data
+
+    return skimage.data.astronaut()

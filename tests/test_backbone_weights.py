@@ -103,7 +103,7 @@ def test_pickles_that_need_code_are_refused_and_nothing_runs(tmp_path):
 
 def test_unreadable_and_missing_files(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"\x00not a torch file")
-    with pytest.raises(BackboneWeightsError, match=r"junk\.pth: cannot read"):
+    with pytest.raises(BackboneWeightsError, match=r"junk\.pth: not a PyTorch file"):
         load_backbone_weights(build_resnet18(), tmp_path / "junk.pth")
     with pytest.raises(BackboneWeightsError, match="no such file"):
         load_backbone_weights(build_resnet18(), tmp_path / "absent.pth")

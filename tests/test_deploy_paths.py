@@ -125,7 +125,7 @@ def test_gelu_rewrite_is_what_opencv_needs(tmp_path):
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from rald_fast.export.artifacts import ArtifactError
+    from rald_fast.artifacts import ArtifactError
     from rald_fast.export.formats import reorder_erf_gelu
     from rald_fast.export.opencv import run_opencv
 

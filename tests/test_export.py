@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from rald_fast.export import tensorrt as trt_export
-from rald_fast.export.artifacts import ArtifactError, read_sidecar, write_sidecar
+from rald_fast.artifacts import ArtifactError, read_sidecar, write_sidecar
 from rald_fast.predict import Predictor
 
 ROOT = Path(__file__).resolve().parent.parent

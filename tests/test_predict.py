@@ -28,30 +28,6 @@ ASTRONAUT_FACE = (176, 66, 95, 95)  # (x, y, w, h) of the one face, as OpenCV's 
 
 
 @pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory) -> Path:
-    from rald_fast.config import make_config
-    from rald_fast.train.loop import fit
-
-    out = tmp_path_factory.mktemp("tiny_model")
-    fit(make_config("tiny", "rald", out=str(out), epochs=1, synth_train_per_class=1,
-                    synth_test_per_class=1, batch_size=16, eval_batch_size=16, image_size=32,
-                    progress=False))
-    return out / "last.pt"
-
-
-@pytest.fixture(scope="session")
-def predictor(checkpoint):
-    from rald_fast.predict.predictor import Predictor
-
-    return Predictor.load(checkpoint, device="cpu")
-
-
-@pytest.fixture(scope="session")
-def astronaut() -> np.ndarray:
-    return skdata.astronaut()  # (512, 512, 3) uint8 RGB
-
-
-@pytest.fixture(scope="session")
 def three_faces(astronaut) -> np.ndarray:
     """The astronaut's face pasted three times on a plain canvas."""
     face = astronaut[30:200, 140:310]
@@ -192,7 +168,7 @@ def test_a_model_trained_on_synthetic_faces_says_so(checkpoint, predictor, photo
     assert len(csv_rows(out)) == 1
     # exported artifacts carry it too, and a real-data model has no note
     from rald_fast.config import make_config
-    from rald_fast.export.artifacts import build_metadata
+    from rald_fast.artifacts import build_metadata
     from rald_fast.predict.pipeline import RowWriter
 
     meta = build_metadata(make_config("tiny"), predictor.taxonomy, predictor.preprocess, "self", "x.pt",

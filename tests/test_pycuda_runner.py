@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rald_fast.export.artifacts import ArtifactError, write_sidecar
+from rald_fast.artifacts import ArtifactError, write_sidecar
 
 ROOT = Path(__file__).resolve().parent.parent
 S, C = 8, 5

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rald_fast.export import tensorrt as trt_export
-from rald_fast.export.artifacts import ArtifactError
+from rald_fast.artifacts import ArtifactError
 
 C, S = 5, 4
 

@@ -56,6 +56,8 @@ def dataset_root(cfg: Config, taxonomy: Taxonomy | None) -> Path:
                                seed=d.synth_seed, difficulty=d.synth_difficulty,
                                fine_offset_scale=d.synth_fine_offset,
                                taxonomy=taxonomy.children())
+        if d.data_root:
+            check_synthetic_root(Path(d.data_root))
         return generate(scfg, Path(d.data_root) if d.data_root else None)
     if not d.data_root:
         what = "holding train.csv and test.csv" if d.data == "labelfile" else \
@@ -65,6 +67,37 @@ def dataset_root(cfg: Config, taxonomy: Taxonomy | None) -> Path:
     if d.data != "labelfile" and not root.is_dir():
         raise ValueError(f"--data-root {root}: no such directory")
     return root
+
+
+def check_synthetic_root(root: Path) -> None:
+    """With --data synthetic, --data-root is only where the generated faces are cached: refuse a folder
+    holding anything else (a user's own images), which the generator would write into."""
+    if not root.is_dir():
+        if root.exists():
+            raise ValueError(f"--data-root {root}: exists and is not a folder")
+        return
+    from rald_fast.data.synthetic import is_synthetic_dir
+
+    foreign = [p for p in sorted(root.iterdir()) if not p.name.startswith(".") and p.name != "decoded"
+               and not is_synthetic_dir(p)]
+    if foreign:
+        raise ValueError(f"--data-root {root} holds files that are not rald_fast's synthetic data (e.g. "
+                         f"{foreign[0].name}); with --data synthetic (the default) it is only the cache of "
+                         f"generated faces. For your own images pass --data folder (or labelfile, rafdb, "
+                         f"affectnet, fgemotions: docs/DATASETS.md); for the synthetic data name an empty "
+                         f"or cache folder")
+
+
+def check_classes(taxonomy: Taxonomy, train: Split, root) -> None:
+    """A classifier needs two classes: in the taxonomy, and present in the training split."""
+    if taxonomy.num_fine < 2:
+        raise ValueError(f"taxonomy {taxonomy.name!r} has {taxonomy.num_fine} fine label(s) "
+                         f"({', '.join(taxonomy.fine)}): a classifier needs two or more")
+    present = sorted({int(y) for y in train.labels.tolist()})
+    if len(present) < 2:
+        only = taxonomy.fine[present[0]] if present else "none"
+        raise ValueError(f"the training split of {root} holds images of {len(present)} class ({only}) of the "
+                         f"taxonomy's {taxonomy.num_fine}: nothing can be learned from it")
 
 
 def decoded_cache_dir(cfg: Config) -> Path | None:
@@ -95,6 +128,7 @@ def build_data(cfg: Config) -> Data:
         splits[which] = load_split(split_source(d, taxonomy, which, root), taxonomy, d.image_size,
                                    cfg.run.progress, on_bad_image=policy, workers=d.workers,
                                    cache_dir=decoded_cache_dir(cfg))
+    check_classes(taxonomy, splits["train"], root)
     report_duplicates(splits)
     skipped = {w: len(s.skipped) for w, s in splits.items() if s.skipped}
     if skipped:

@@ -19,6 +19,12 @@ image size makes a new cache. Both files are written under temporary names in th
 (the index last) and renamed into place when complete, so a crash, a full disk or a bad image under
 `--on-bad-image fail` leaves no cache behind. An index of another format or key, an incomplete
 one, or a data file of the wrong size is rebuilt, never half-read.
+
+The cache does not trust what it finds: the index carries the SHA-256 of its own content
+(`index_sha256`), so an edited or damaged index (a label shifted by hand) is rebuilt, and the SHA-256
+of up to 64 rows spread over the data file (`sample_sha256`, computed when built and checked every
+time it is mapped: a few MB read), so a data file overwritten or zeroed at the same size is rebuilt.
+The labels of the rows are also checked against the split's listing each time.
 """
 
 from __future__ import annotations
@@ -43,7 +49,8 @@ from rald_fast.errors import DataError
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = "rald_fast.decoded/1"   # the layout of the files above
+CACHE_FORMAT = "rald_fast.decoded/2"   # the layout of the files above (2: content checks)
+SAMPLE_ROWS = 64  # rows whose bytes are hashed to check the data file (`sample_digest`)
 DECODE_VERSION = "1"  # bump when dataset.decode_image / rald_fast.preprocess change the pixels
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -147,7 +154,38 @@ def read_index(cache_dir: str | Path, key: str, size: int) -> tuple[dict | None,
         return None, f"{data} is missing"
     if actual != count * 3 * size * size:
         return None, f"{data} holds {actual} bytes, the index says {count * 3 * size * size}"
+    if index.get("index_sha256") != index_digest(index):
+        return None, f"{index_path} was edited or damaged (its content hash does not match)"
+    try:
+        sample = sample_digest(data, count, 3 * size * size)
+    except OSError as e:
+        return None, f"{data} cannot be read ({e})"
+    if sample != index.get("sample_sha256"):
+        return None, f"{data} no longer holds the images the index describes (the checksum of sampled rows differs)"
     return index, ""
+
+
+def index_digest(index: dict) -> str:
+    """SHA-256 of the index's content (every field but the digest itself), canonical JSON."""
+    body = {k: v for k, v in index.items() if k != "index_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def sample_rows(count: int) -> list[int]:
+    """Up to SAMPLE_ROWS row indices spread evenly over 0..count-1 (first and last included)."""
+    return sorted({int(round(v)) for v in np.linspace(0, count - 1, min(count, SAMPLE_ROWS))}) if count else []
+
+
+def sample_digest(path: str | Path, count: int, row_bytes: int) -> str:
+    """SHA-256 of the bytes of `sample_rows(count)` of the data file at `path`."""
+    h = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for r in sample_rows(count):
+            h.update(os.pread(fd, row_bytes, r * row_bytes))
+    finally:
+        os.close(fd)
+    return h.hexdigest()
 
 
 @contextlib.contextmanager
@@ -241,7 +279,9 @@ def _build(cache_dir: Path, key: str, count: int, size: int, fill, meta: dict, w
         index = {"format": CACHE_FORMAT, "key": key, "decode": DECODE_VERSION,
                  "shape": [len(rows), 3, size, size], "rows": rows.tolist(), "labels": labels[rows].tolist(),
                  "paths": [paths[i] for i in rows], "skipped": [list(s) for s in skipped], **meta,
-                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "complete": True}
+                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "complete": True,
+                 "sample_sha256": sample_digest(tmp_data, len(rows), row)}
+        index["index_sha256"] = index_digest(index)
         with open(tmp_index, "w", encoding="utf-8") as f:
             json.dump(index, f)
             f.flush()
@@ -301,6 +341,9 @@ def load_cached_split(lst, image_size: int, cache_dir: str | Path, progress: boo
         return decode_rows(lst, image_size, write, progress, on_bad_image, workers)
 
     store, index = open_or_build(cache_dir, key, len(lst.paths), image_size, fill, meta, f"split {lst.name!r}")
+    if index["labels"] != [int(lst.labels[r]) for r in index["rows"]]:  # a consistent edit of both files
+        raise DataError(f"{cache_files(cache_dir, key)[1]}: its labels disagree with the listing of split "
+                        f"{lst.name!r} ({lst.source}); delete the cache file (or pass --no-decoded-cache)")
     skipped = [tuple(s) for s in index["skipped"]]
     if skipped and not store.built:
         if on_bad_image == "fail":

@@ -89,6 +89,8 @@ def read_label_file(csv_path: Path, taxonomy: Taxonomy) -> tuple[list[Path], lis
             where = f"{csv_path}:{reader.line_num}"
             if not row.get("path") or row.get("label") is None:
                 raise DataError(f"{where}: missing path or label")
+            if "\n" in row["path"] or "\r" in row["path"] or None in row:
+                raise DataError(f"{where}: a row spans several lines or has extra columns (an unmatched '\"'?)")
             paths.append(csv_path.parent / row["path"])
             labels.append(parse_label(row["label"], taxonomy, where))
     if not paths:

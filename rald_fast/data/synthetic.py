@@ -208,6 +208,15 @@ def dataset_dir(cfg: SyntheticConfig, root: Path | None = None) -> Path:
     return Path(root if root is not None else default_root()) / config_digest(cfg)
 
 
+def is_synthetic_dir(path: Path) -> bool:
+    """True for a folder this generator wrote (it holds our manifest.json)."""
+    try:
+        m = json.loads((path / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(m, dict) and {"version", "digest", "config"} <= set(m)
+
+
 def _manifest_ok(d: Path, cfg: SyntheticConfig) -> bool:
     try:
         m = json.loads((d / "manifest.json").read_text())

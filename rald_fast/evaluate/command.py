@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from rald_fast.cli import add_checkpoint_option, add_data_root_option, add_device_option, setup_logging
+from rald_fast.cli import (add_checkpoint_option, add_data_root_option, add_device_option, output_dir,
+                           setup_logging)
 from rald_fast.config import ITRR_MODES
+from rald_fast.checkpoint import atomic_write_text, to_json
+from rald_fast.errors import CheckpointError
 
 
 EVALUATE_DOC = """`python -m rald_fast.evaluate --checkpoint PATH`: accuracy tables, confusion matrix, images/s.
@@ -67,14 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     metrics = compute_metrics(pred["probs"], pred["labels"], run.taxonomy)
     metrics.update(images_per_s=pred["images_per_s"], batch_size=batch, device=str(run.device),
                    itrr_mode=args.itrr_mode, checkpoint=str(args.checkpoint), data=str(run.root))
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(args.out if args.out else Path(args.checkpoint).parent / "eval")
     name = {run.name: metrics}
     (out / "table1.md").write_text(table1_markdown(name, run.taxonomy))
     (out / "table1.csv").write_text(table1_csv(name, run.taxonomy))
     plot_confusion(metrics["confusion"], list(run.taxonomy.fine), out / "confusion.png",
                    f"{run.cfg.variant}: fine accuracy {100 * metrics['accuracy']:.2f}%")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    atomic_write_text(out / "metrics.json", to_json(metrics, indent=2))
     print(f"fine accuracy   {100 * metrics['accuracy']:.2f}% on {metrics['n']} images")
     if "coarse_accuracy" in metrics:
         print(f"coarse accuracy {100 * metrics['coarse_accuracy']:.2f}% (parent of fine), "
@@ -115,9 +116,27 @@ def bank_main(argv: list[str] | None = None) -> int:
     ckpt.model["itrr_reference"] = features
     ckpt.reference_bank = bank
     written = args.out or args.checkpoint
+    if args.out:
+        check_checkpoint_target(Path(args.out))
     save_checkpoint(written, ckpt)
     print(f"reference bank of {len(features)} training images from {run.root} stored in {written}")
     return 0
+
+
+def check_checkpoint_target(path: Path) -> None:
+    """`bank --out`: a new file, or a rald_fast checkpoint to replace; never a folder or another file."""
+    from rald_fast.checkpoint import load_checkpoint
+
+    if path.is_dir():
+        raise ValueError(f"--out {path}: is a folder; name the checkpoint file to write")
+    if path.exists():
+        try:
+            load_checkpoint(path, "--out")
+        except CheckpointError:
+            raise ValueError(f"--out {path}: exists and is not a rald_fast checkpoint; it is not overwritten "
+                             "(name a new file)") from None
+    if not path.parent.is_dir():
+        raise ValueError(f"--out {path}: its folder {path.parent} does not exist")
 
 
 def cli() -> int:

@@ -20,6 +20,7 @@ import statistics
 from dataclasses import fields
 from pathlib import Path
 
+from rald_fast.checkpoint import atomic_write_text, to_json
 from rald_fast.config import Config, _sections, add_config_arguments, make_config
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ def fmt_pct(mean: float, std: float = math.nan) -> str:
 
 
 def write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2) + "\n")
+    atomic_write_text(path, to_json(obj, indent=2) + "\n")
 
 
 def pyplot():

@@ -24,17 +24,18 @@ and cosine similarity. Exit status 1 when an artifact misses its tolerance.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from rald_fast.cli import add_device_option, setup_logging
+from rald_fast.checkpoint import atomic_write_text, to_json
+from rald_fast.cli import add_device_option, output_dir, setup_logging
 from rald_fast.device import resolve_device
 from rald_fast.export import tensorrt as trt_export
-from rald_fast.export.artifacts import OUTPUT_NAMES, ArtifactError, build_metadata, write_sidecar
+from rald_fast.artifacts import OUTPUT_NAMES, ArtifactError, build_metadata, write_sidecar
 from rald_fast.export.formats import at_precision, compare, export_onnx, export_pt2
 from rald_fast.export.opencv import run_opencv
 from rald_fast.export.torchscript import export_torchscript, load_torchscript
@@ -45,8 +46,19 @@ DEFAULT_FORMATS = "onnx,pt2,trt"
 TOLERANCE = {"fp32": (1e-3, 0.99999), "fp16": (3e-2, 0.999), "bf16": (6e-2, 0.995)}  # probs abs, cosine
 
 
+def invoked_as(argv0: str | None = None) -> str:
+    """The command as the user typed it, for the usage line: `python export/build_trt.py`,
+    `python -m rald_fast.export` or `rald-export`."""
+    name = Path(argv0 if argv0 is not None else sys.argv[0]).name
+    if name == "build_trt.py":
+        return "python export/build_trt.py"
+    if name in ("__main__.py", "-m"):
+        return "python -m rald_fast.export"
+    return name if name.startswith("rald-") else "python export/build_trt.py"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python export/build_trt.py", description=__doc__,
+    p = argparse.ArgumentParser(prog=invoked_as(), description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="training checkpoint (last.pt)")
     p.add_argument("--formats", default=DEFAULT_FORMATS,
@@ -110,8 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     loaded = load_model(args.checkpoint)
     model, cfg, taxonomy, preprocess = loaded.model, loaded.cfg, loaded.taxonomy, loaded.preprocess
     folded = fold(model, preprocess, args.itrr_mode).eval()
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "export"
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(args.out if args.out else Path(args.checkpoint).parent / "export")
     meta = build_metadata(cfg, taxonomy, preprocess, folded.itrr_mode, args.checkpoint, trained_on=loaded.provenance)
     meta["max_batch"] = args.max_batch
     s = preprocess.image_size
@@ -186,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                                    lambda x: [runner(x)[k].cpu() for k in ("logits", "probs")], reference,
                                    batches, args.precision)
     table = summary_table(rows)
-    (out / "summary.json").write_text(json.dumps({"rows": rows, "notes": notes, "metadata": meta}, indent=2))
+    atomic_write_text(out / "summary.json", to_json({"rows": rows, "notes": notes, "metadata": meta}, indent=2))
     (out / "summary.md").write_text(table + "\n" + "".join(f"\n{n}\n" for n in notes))
     print(table)
     for n in notes:

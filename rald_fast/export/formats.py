@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rald_fast.export.artifacts import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, ArtifactError
+from rald_fast.artifacts import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, ArtifactError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rald_fast.export.artifacts import INPUT_NAME, OUTPUT_NAMES, ArtifactError
+from rald_fast.artifacts import INPUT_NAME, OUTPUT_NAMES, ArtifactError
 
 _CHILD = """
 import sys, numpy as np, cv2

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rald_fast.export.artifacts import INPUT_NAME, OUTPUT_NAMES, ArtifactError, read_sidecar
+from rald_fast.artifacts import INPUT_NAME, OUTPUT_NAMES, ArtifactError, read_sidecar
 
 INSTALL_HINT = ("install TensorRT 10's Python package and pycuda on a machine with an NVIDIA GPU and "
                 "driver: `pip install tensorrt pycuda` (or `pip install tensorrt rald_fast[pycuda]`)")

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rald_fast.export.artifacts import INPUT_NAME, ArtifactError, write_sidecar
+from rald_fast.artifacts import INPUT_NAME, ArtifactError, write_sidecar
 
 INSTALL_HINT = ("install TensorRT 10 and Torch-TensorRT built for your torch and CUDA, e.g. "
                 "`pip install tensorrt torch-tensorrt` on a machine with an NVIDIA GPU and driver "

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rald_fast.export.artifacts import METADATA_KEY, ArtifactError, check_metadata
+from rald_fast.artifacts import METADATA_KEY, ArtifactError, check_metadata
 from rald_fast.export.formats import _tmp, flat_metadata
 
 

@@ -12,15 +12,14 @@ need to is refused with a message naming what it wanted to run.
 from __future__ import annotations
 
 import logging
-import pickle
-import re
 from pathlib import Path
 
 import torch
 import torchvision
 from torch import nn
 
-from rald_fast.errors import BackboneWeightsError
+from rald_fast.checkpoint import read_torch_file, strip_state_prefixes
+from rald_fast.errors import BackboneWeightsError, CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -43,44 +42,15 @@ def _unwrap(obj) -> dict:
     return obj
 
 
-def strip_prefixes(state: dict) -> dict:
-    out = {}
-    for k, v in state.items():
-        changed = True
-        while changed:
-            changed = False
-            for p in _PREFIXES:
-                if k.startswith(p):
-                    k, changed = k[len(p):], True
-        out[k] = v
-    return out
-
-
-def _unpickler_reason(err: Exception) -> str:
-    """The line of torch's weights_only error that says what stopped it."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
-    m = re.search(r"WeightsUnpickler error:\s*(.*?)(?: was not an allowed global|\n|$)", text)
-    return m.group(1).strip() if m else text.strip().splitlines()[0]
-
-
 def read_state_dict(path: str | Path) -> dict:
-    """The tensors of a weights file, read without executing code from it (`weights_only`)."""
+    """The tensors of a weights file, read without executing code from it (`checkpoint.read_torch_file`)."""
     path = Path(path)
     if not path.is_file():
         raise BackboneWeightsError(f"--backbone-weights {path}: no such file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        reason = _unpickler_reason(e)
-        if not any(w in reason.lower() for w in ("global", "function", "class", "reduce")):
-            raise BackboneWeightsError(f"--backbone-weights {path}: cannot read, not a PyTorch "
-                                       f"weights file ({reason})") from None
-        raise BackboneWeightsError(
-            f"--backbone-weights {path}: refused, loading it would run code from the file "
-            f"({reason}); only plain tensors are read. Re-save it as a state dict "
-            "(torch.save(model.state_dict(), ...)) in an environment you trust.") from None
-    except Exception as e:  # noqa: BLE001 (torch.load raises many types for a foreign file)
-        raise BackboneWeightsError(f"--backbone-weights {path}: cannot read ({e})") from None
+        obj = read_torch_file(path)
+    except CheckpointError as e:
+        raise BackboneWeightsError(f"--backbone-weights {e}") from None
     state = _unwrap(obj)
     if not isinstance(state, dict) or not any(torch.is_tensor(v) for v in state.values()):
         raise BackboneWeightsError(f"--backbone-weights {path}: not a state dict of tensors "
@@ -88,7 +58,7 @@ def read_state_dict(path: str | Path) -> dict:
     dropped = sorted(str(k) for k, v in state.items() if not torch.is_tensor(v))
     if dropped:
         log.info("backbone weights %s: ignoring non-tensor entries %s", path, ", ".join(dropped))
-    return strip_prefixes({k: v for k, v in state.items() if torch.is_tensor(v)})
+    return strip_state_prefixes({k: v for k, v in state.items() if torch.is_tensor(v)}, _PREFIXES)
 
 
 def load_backbone_weights(net: nn.Module, path: str | Path) -> dict[str, list[str]]:

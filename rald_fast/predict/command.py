@@ -11,7 +11,8 @@ Bad inputs (unreadable, not an image, a video that cannot be opened, a missing p
 A photo without a face gives a `no_face` row. A model trained on synthetic faces only says so: a
 warning on stderr, a first `# ` line in the CSV (a `note` line in JSON lines) and a banner on every
 annotated image. --strict stops at the first bad input with an
-`error:` line and exit status 2, as does a model artifact that cannot be loaded.
+`error:` line and exit status 2 (the rows of the inputs before it are written), as does a model
+artifact that cannot be loaded. A photo larger than --max-pixels is reported like a bad input.
 """
 
 from __future__ import annotations
@@ -24,17 +25,23 @@ from pathlib import Path
 
 from rald_fast.cli import add_device_option
 from rald_fast.predict.faces import DEFAULT_MARGIN, DEFAULT_MIN_FACE
+from rald_fast.artifacts import KINDS
+from rald_fast.preprocess import MAX_PIXELS
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m rald_fast.predict", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, video files")
-    p.add_argument("--model", required=True, help="checkpoint, .onnx, .pt2 or TensorRT engine")
+    p.add_argument("--model", required=True,
+                   help="a training checkpoint (.pt), .onnx, .pt2, TorchScript .ts, TensorRT .engine or "
+                        "Torch-TensorRT .ep")
     add_device_option(p)
-    p.add_argument("--backend", help="checkpoint, onnx, pt2, tensorrt or torch_tensorrt "
-                                     "(default: from the file's suffix)")
-    p.add_argument("--format", default="csv", choices=["csv", "jsonl"], help="(default csv)")
+    p.add_argument("--backend", choices=sorted(set(KINDS.values())),
+                   help="how to read --model (default: from the file's suffix: " +
+                        ", ".join(f"{k} {v}" for k, v in KINDS.items()) + ")")
+    p.add_argument("--format", default="csv", choices=["csv", "jsonl"],
+                   help="rows as CSV (one header line) or JSON lines, one per face (default csv)")
     p.add_argument("--output", help="write rows to this file instead of stdout")
     p.add_argument("--topk", type=int, default=3, help="probabilities kept per face (default 3)")
     p.add_argument("--batch-size", type=int, default=32,
@@ -42,7 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
                    help=f"crop margin per side, fraction of the face box (default {DEFAULT_MARGIN})")
     p.add_argument("--min-face", type=int, default=DEFAULT_MIN_FACE,
-                   help=f"smallest face side in pixels (default {DEFAULT_MIN_FACE})")
+                   help=f"smallest face side to find, in pixels of the photo, whatever its size (default "
+                        f"{DEFAULT_MIN_FACE}; faces under 24 px are never found; smaller values cost more "
+                        f"time on large photos: docs/PREDICT.md)")
+    p.add_argument("--max-pixels", type=float, default=MAX_PIXELS / 1e6, metavar="MP",
+                   help=f"largest photo decoded, in megapixels (default {MAX_PIXELS / 1e6:g}); a larger one "
+                        f"is reported and skipped")
     p.add_argument("--no-detect", action="store_true",
                    help="each image is already one aligned face crop (RAF-DB 'aligned' style)")
     p.add_argument("--every", type=int, default=1, help="video: every N-th frame (default 1)")
@@ -60,6 +72,8 @@ def check_args(args) -> None:
                              f"got {getattr(args, name)}")
     if args.margin < 0:
         raise ValueError(f"--margin must be >= 0, got {args.margin}")
+    if not args.max_pixels > 0:
+        raise ValueError(f"--max-pixels must be > 0, got {args.max_pixels}")
     if not Path(args.model).exists():
         raise FileNotFoundError(f"--model {args.model}: no such file")
     if args.annotate and Path(args.annotate).exists() and not Path(args.annotate).is_dir():
@@ -119,6 +133,7 @@ class PredictRun:
         from rald_fast.predict.media import MediaError
 
         if self.args.strict:
+            self.pipe.flush()  # the rows of the inputs before this one are written, then the run stops
             raise MediaError(message)
         print(f"skipped: {message}", file=sys.stderr)
         self.failed.append(source)
@@ -142,7 +157,7 @@ class PredictRun:
 
         t0 = time.perf_counter()
         try:
-            image = read_image(item.path)
+            image = read_image(item.path, int(self.args.max_pixels * 1e6))
         except MediaError as e:
             return self.fail(str(item.path), str(e))
         self.pipe.seconds["decode"] += time.perf_counter() - t0

@@ -60,14 +60,29 @@ def _cv2():
     return cv2
 
 
+WINDOW = 24   # the frontal cascade's detection window in pixels: the smallest face it sees at a scale
+SURE = 36     # a face is looked for where it appears at least this large (1.5 windows): near 24 px the
+              # cascade misses faces it finds at 30 px and more (measured on skimage's astronaut)
+BAND = 80     # a finer pyramid level looks only for faces of SURE..BAND px; larger ones (>= 40 px at the
+              # level below) were found there
+
+
 class HaarFaceDetector:
-    """Every frontal face in an RGB image, by OpenCV's bundled Haar cascade.
+    """Every frontal face in an RGB image, by OpenCV's bundled Haar cascade, down to `min_face` px.
+
+    Detection runs on an image pyramid, each level contrast-equalised locally (CLAHE: a global
+    histogram equalisation is dominated by a large plain background and loses faces). The coarsest
+    level is the photo shrunk so its longer side is at most `max_side`, searched for every face size;
+    each next level doubles the resolution and looks only for faces too small for the level below
+    (SURE..BAND px), up to the scale at which a `min_face` face appears SURE px large (at most the full
+    resolution). So a face of `min_face` px or more is findable whatever the photo's size, and the
+    finer levels, which cost the most, scan only small windows (docs/PREDICT.md gives sizes and times).
+    A box mostly inside one already found (a face part seen at a finer level) is dropped.
 
     Args:
         cascade: a file name in `cv2.data.haarcascades` or a path to a cascade XML.
-        min_face: smallest face side to report, in pixels of the input image.
-        max_side: images larger than this are downscaled for detection (the cascade's cost grows
-            with the pixel count); boxes are mapped back to the full image.
+        min_face: smallest face side to find and report, in pixels of the input image.
+        max_side: the coarsest level's longer side (it finds the large faces cheaply).
         scale_factor, min_neighbors: `cv2.CascadeClassifier.detectMultiScale`'s; more neighbours
             give fewer false faces and miss more real ones.
     """
@@ -84,20 +99,43 @@ class HaarFaceDetector:
             raise ValueError(f"min_face must be >= 1 and max_side >= 64, got {min_face}, {max_side}")
         self.min_face, self.max_side = min_face, max_side
         self.scale_factor, self.min_neighbors = scale_factor, min_neighbors
+        self.clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8))
+
+    def levels(self, height: int, width: int) -> list[tuple[float, int]]:
+        """(scale, largest window in px at that scale; 0 = no limit) of each pyramid level."""
+        scale = min(1.0, self.max_side / max(height, width))
+        finest = min(1.0, SURE / self.min_face)
+        levels = [(scale, 0)]
+        while scale < finest:
+            scale = min(finest, 2 * scale)
+            levels.append((scale, BAND))
+        return levels
 
     def __call__(self, image: np.ndarray) -> list[Box]:
         """Boxes of (H, W, 3) uint8 RGB `image`, left to right."""
         cv2 = _cv2()
         gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-        scale = min(1.0, self.max_side / max(gray.shape))
-        if scale < 1.0:
-            gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        gray = cv2.equalizeHist(gray)
-        side = max(1, int(self.min_face * scale))
-        found = self.classifier.detectMultiScale(gray, self.scale_factor, self.min_neighbors,
-                                                 minSize=(side, side))
-        boxes = [Box(*(int(round(v / scale)) for v in b)) for b in np.asarray(found).reshape(-1, 4)]
-        return sorted((b for b in boxes if min(b.w, b.h) >= self.min_face), key=lambda b: (b.x, b.y))
+        found: list[Box] = []
+        for scale, largest in self.levels(*gray.shape):
+            level = gray if scale == 1.0 else cv2.resize(gray, None, fx=scale, fy=scale,
+                                                         interpolation=cv2.INTER_AREA)
+            side = max(WINDOW, int(self.min_face * scale))
+            if largest and side > largest:
+                continue
+            hits = self.classifier.detectMultiScale(self.clahe.apply(level), self.scale_factor, self.min_neighbors,
+                                                    minSize=(side, side), maxSize=(largest, largest))
+            boxes = [Box(*(int(round(v / scale)) for v in b)) for b in np.asarray(hits).reshape(-1, 4)]
+            for box in sorted(boxes, key=lambda b: -b.w * b.h):  # the larger of two nested boxes wins
+                if min(box.w, box.h) >= self.min_face and not any(_inside(box, k) > 0.5 for k in found):
+                    found.append(box)
+        return sorted(found, key=lambda b: (b.x, b.y))
+
+
+def _inside(a: Box, b: Box) -> float:
+    """Share of the smaller box's area that lies inside the other."""
+    w = max(0, min(a.x + a.w, b.x + b.w) - max(a.x, b.x))
+    h = max(0, min(a.y + a.h, b.y + b.h) - max(a.y, b.y))
+    return w * h / max(1, min(a.w * a.h, b.w * b.h))
 
 
 @functools.lru_cache(maxsize=4)

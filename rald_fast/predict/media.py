@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from rald_fast.errors import DataError, MediaError
-from rald_fast.preprocess import IMAGE_SUFFIXES, open_rgb
+from rald_fast.preprocess import IMAGE_SUFFIXES, MAX_PIXELS, open_rgb
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg",
                               ".wmv", ".flv"})
@@ -57,11 +57,11 @@ def list_inputs(specs: list[str]) -> list[Input]:
     return inputs
 
 
-def read_image(path: Path) -> np.ndarray:
+def read_image(path: Path, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
     """(H, W, 3) uint8 RGB, EXIF-upright, decoded as training decodes (`rald_fast.preprocess.open_rgb`);
-    MediaError names the file."""
+    MediaError names the file (also for a photo over `max_pixels`)."""
     try:
-        return np.asarray(open_rgb(path), dtype=np.uint8)
+        return np.asarray(open_rgb(path, max_pixels=max_pixels), dtype=np.uint8)
     except DataError as e:
         raise MediaError(str(e)) from None
 

@@ -8,7 +8,7 @@
 Backends: a training checkpoint (folded in memory, PyTorch), ONNX (ONNX Runtime), AOTInductor `.pt2`
 (`torch._inductor.aoti_load_package`), TorchScript `.ts` (`torch.jit.load`, deprecated), a serialized
 TensorRT engine (TensorRT 10 runtime) and a Torch-TensorRT program (`.ep`). Each reads the
-preprocessing and the taxonomy from the artifact's own metadata (rald_fast/export/artifacts.py), so
+preprocessing and the taxonomy from the artifact's own metadata (rald_fast/artifacts.py), so
 every backend answers the same way; predictions are batch-independent (ITRR in `bank` or `self`
 mode) unless a checkpoint is loaded with itrr_mode="batch".
 """
@@ -21,16 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from rald_fast.device import resolve_device
 from rald_fast.errors import CheckpointError
-from rald_fast.export.artifacts import METADATA_KEY, ArtifactError, check_metadata, read_sidecar
+from rald_fast.artifacts import KINDS, METADATA_KEY, ArtifactError, check_metadata, read_sidecar
 from rald_fast.hierarchy import Taxonomy
 from rald_fast.preprocess import Preprocess, as_rgb_array, resize_square
 
-SUFFIXES = {".pt": "checkpoint", ".pth": "checkpoint", ".ckpt": "checkpoint", ".onnx": "onnx",
-            ".pt2": "pt2", ".ts": "torchscript", ".engine": "tensorrt", ".plan": "tensorrt",
-            ".ep": "torch_tensorrt"}
 
 
 
@@ -124,15 +122,15 @@ class Predictor:
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", backend: str | None = None,
              itrr_mode: str | None = None, precision: str = "fp32", compile: str | None = None) -> Predictor:
-        """`backend` defaults to the file's suffix (see SUFFIXES). For checkpoints only (exported
+        """`backend` defaults to the file's suffix (see KINDS). For checkpoints only (exported
         artifacts have theirs built in): `itrr_mode` (None = bank if stored, else self), and the fast
         path's `precision` (fp32 | bf16 | fp16) and `compile` (a torch.compile mode, e.g.
         "max-autotune-no-cudagraphs", or None); see rald_fast/models/fast.py."""
         path = Path(path)
         if not path.is_file():
             raise ArtifactError(f"{path}: no such model file")
-        kind = backend or SUFFIXES.get(path.suffix.lower())
-        if kind not in set(SUFFIXES.values()):
+        kind = backend or KINDS.get(path.suffix.lower())
+        if kind not in set(KINDS.values()):
             raise ArtifactError(f"{path}: unknown model kind {path.suffix or backend!r}; expected a checkpoint "
                               f"(.pt), .onnx, .pt2, .ts, a TensorRT .engine or a Torch-TensorRT .ep")
         if kind != "checkpoint" and (itrr_mode is not None or precision != "fp32" or compile is not None):
@@ -150,7 +148,7 @@ class Predictor:
     def _load_checkpoint(cls, path, device, itrr_mode, precision="fp32", compile=None):
         """The fast path (rald_fast/models/fast.py): the folded model on uint8 NHWC input, in `precision`,
         with a CUDA graph per batch size on a GPU."""
-        from rald_fast.export.artifacts import build_metadata
+        from rald_fast.artifacts import build_metadata
         from rald_fast.models import load_model
         from rald_fast.models.fast import DTYPES, FastEngine, fast_module
         from rald_fast.models.folded import fold
@@ -243,16 +241,17 @@ class Predictor:
 
     # --- prediction -----------------------------------------------------------------------------
     def to_batch(self, images) -> torch.Tensor:
-        """uint8 (N, S, S, 3) RGB from an (N, H, W, 3) array, one (H, W, 3) image, or a list of
-        (H, W, 3) / (H, W) arrays of any size (resized as the training data was)."""
+        """uint8 (N, S, S, 3) RGB from one image or many: a PIL image, an (H, W, 3) / (H, W) uint8 array,
+        an (N, H, W, 3) array, or a list of PIL images and arrays of any size (resized as the training
+        data was)."""
         s = self.preprocess.image_size
         if isinstance(images, np.ndarray) and images.ndim == 4:
             images = list(images)
-        elif isinstance(images, np.ndarray) and images.ndim in (2, 3):
+        elif isinstance(images, (Image.Image, np.ndarray)):
             images = [images]
         if not isinstance(images, (list, tuple)):
-            raise ArtifactError(f"images must be uint8 RGB numpy arrays (N, H, W, 3), (H, W, 3) or a list of "
-                              f"them, got {type(images).__name__}")
+            raise ArtifactError(f"images must be a PIL image, a uint8 RGB array (H, W, 3) / (N, H, W, 3), or a "
+                                f"list of them, got {type(images).__name__}")
         out = np.empty((len(images), s, s, 3), dtype=np.uint8)
         for i, im in enumerate(images):
             try:

@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 
-from rald_fast.cli import setup_logging
+from rald_fast.cli import check_run_dir, setup_logging
 from rald_fast.config import (SCHEDULES, VARIANTS, Config, add_config_arguments, config_from_args, set_option,
                               validate)
 
@@ -60,6 +60,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                    help="continue the run saved in CKPT (last.pt) with its saved config (not the defaults "
                         "below); only " + ", ".join(f"--{k.replace('_', '-')}" for k in sorted(RESUME_OVERRIDABLE))
                         + " may change")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (without it, a folder holding a run is refused)")
     add_config_arguments(p, *selected_preset(argv))
     return p
 
@@ -71,7 +73,7 @@ def resolve_config(args: argparse.Namespace, argv: list[str]) -> Config:
 
     ckpt = load_checkpoint(args.resume, "--resume")
     cfg = Config.from_dict(ckpt.config)
-    given = {k for k in vars(args) if k not in ("resume", "preset", "variant")}
+    given = {k for k in vars(args) if k not in ("resume", "preset", "variant", "overwrite")}
     bad = sorted(given - RESUME_OVERRIDABLE)
     if bad or "--preset" in argv or "--variant" in argv:
         raise ValueError("--resume continues the saved config; only "
@@ -87,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
     cfg = resolve_config(args, argv)
+    check_run_dir(cfg.run.out, resuming=bool(args.resume), overwrite=args.overwrite)
     setup_logging()
     from rald_fast.train.loop import fit
 

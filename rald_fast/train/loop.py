@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from rald_fast.checkpoint import Checkpoint, atomic_write_text, load_checkpoint, save_checkpoint
+from rald_fast.checkpoint import Checkpoint, atomic_write_text, load_checkpoint, save_checkpoint, to_json
 from rald_fast.config import Config
 from rald_fast.data.augment import apply_augment, draw_augment
 from rald_fast.data.build import Data, build_data
@@ -165,7 +165,7 @@ def _restore_rng(state: dict) -> None:
 
 def write_metrics(out: Path, row: dict) -> None:
     with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
+        f.write(to_json(row) + "\n")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     keys = list(dict.fromkeys(k for r in rows for k in r))
     with open(out / "metrics.csv", "w", newline="", encoding="utf-8") as f:
@@ -267,7 +267,7 @@ def fit(cfg: Config, resume: str | None = None) -> dict:
                "preset": cfg.preset, "processes": info.world_size, **run_revisions(out)}
     if info.is_main:
         summary.update(accuracy_by_itrr_mode(model, data, preprocess, cfg, device))
-        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+        atomic_write_text(out / "summary.json", to_json(summary, indent=2))
     barrier(info)
     shutdown(info)
     return summary

@@ -1,4 +1,5 @@
-"""What travels with every exported artifact, and how it is checked on the way back in.
+"""What travels with every exported artifact, and how it is checked on the way back in: the artifact
+format, read by the export builder (rald_fast/export) and by the predictor (rald_fast/predict) alike.
 
 Every artifact (ONNX, AOTInductor `.pt2`, TensorRT engine, Torch-TensorRT program) carries the same
 metadata: the artifact format version, the input contract (name, layout, dtype, value range, size,
@@ -28,6 +29,10 @@ ARTIFACT_FORMAT = "rald_fast-artifact"
 ARTIFACT_VERSION = 1
 METADATA_KEY = "rald_fast"
 INPUT_NAME, OUTPUT_NAMES = "images", ("logits", "probs")
+# what `rald_fast.predict.Predictor` reads, by file suffix (python -m rald_fast.predict --backend)
+KINDS = {".pt": "checkpoint", ".pth": "checkpoint", ".ckpt": "checkpoint", ".onnx": "onnx",
+         ".pt2": "pt2", ".ts": "torchscript", ".engine": "tensorrt", ".plan": "tensorrt",
+         ".ep": "torch_tensorrt"}
 
 
 def build_metadata(cfg, taxonomy: Taxonomy, preprocess: Preprocess, itrr_mode: str,
