@@ -4,7 +4,7 @@ Run: `pytest bench/bench_deploy.py --benchmark-only` (add `--benchmark-json FILE
 `RALD_BENCH_SIZE=112` for a shorter run). Every case runs in the same process on the same device at
 the same input size (224 by default, the paper's) and batch (1 and 32): bare ResNet18 (Table 3 a)
 and full RALD, each as
-  eager    the training model in eval mode (`forward_features` + `forward_head`, ITRR in batch mode)
+  eager    the training model in eval mode (`backbone_features` + `head_outputs`, ITRR in batch mode)
   folded   rald_fast.models.folded (label branch precomputed, BatchNorm folded, ITRR `self` mode)
   onnx     the folded model exported to ONNX, run by ONNX Runtime (CPU provider)
   pt2      the folded model compiled by AOTInductor (dynamic batch)
@@ -42,7 +42,7 @@ def _runner(backend: str, variant: str, device: str, tmp):
         model = model.to(memory_format=torch.channels_last)
 
         def run(x):
-            return model.forward_head(model.forward_features(x))["logits"]
+            return model.head_outputs(model.backbone_features(x))["logits"]
         return run
     folded = fold(model, pre, "self").eval()
     if backend == "folded":

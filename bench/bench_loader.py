@@ -3,7 +3,7 @@
 Run: `pytest bench/bench_loader.py --benchmark-only` (add `--benchmark-json FILE` to keep numbers).
 A 2,048-image set at 112 px (random pixels: speed does not depend on them) is written once into a decoded
 cache under pytest's temp directory; each round gathers 8 global batches of 128 with
-`rald_fast.data.loader.batch_loader` (as training does; 0 and 2 worker processes), or augments one batch of
+`rald_fast.train.loader.batch_loader` (as training does; 0 and 2 worker processes), or augments one batch of
 128 on the device (defaults, and with every optional op). `extra_info` records images/s. The scaling
 with dataset size and processes is `bench/loader_scaling.py` (docs/PERFORMANCE.md).
 """
@@ -16,7 +16,7 @@ import torch
 
 from rald_fast.data.augment import apply_augment, draw_augment
 from rald_fast.data.cache import generated_split
-from rald_fast.data.loader import batch_loader, global_batches
+from rald_fast.train.loader import batch_loader, global_batches
 from rald_fast.train.distributed import SINGLE
 
 SIZE, COUNT, BATCH, BATCHES = 112, 2048, 128, 8

@@ -198,8 +198,8 @@ def check(rec: Recorder, cfg: dict, device, state: dict) -> None:
     for name in ("rald", "resnet18"):
         ref_model = copy.deepcopy(state[name]["model"]).double().eval()
         with torch.no_grad():
-            feats = ref_model.forward_features(Preprocess(s).normalize(x.permute(0, 3, 1, 2)).double())
-            want = ref_model.forward_head(feats, itrr_mode="self")["logits"].softmax(-1)
+            feats = ref_model.backbone_features(Preprocess(s).normalize(x.permute(0, 3, 1, 2)).double())
+            want = ref_model.head_outputs(feats, itrr_mode="self")["logits"].softmax(-1)
             got = state[name]["engine"](x.to(device)).double().cpu()
         err = (got - want).abs().max().item()
         agree = (got.argmax(1) == want.argmax(1)).float().mean().item()

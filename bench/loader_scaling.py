@@ -4,7 +4,7 @@
 
 For each dataset size (default 10k / 50k / 100k images at 112 px) and each number of processes (1, 2):
 - `loader`: P processes at once, each walking the global batches of one epoch's order (batch 128) and
-  gathering its own rows (rald_fast.data.loader.batch_loader, as training does), for --loader-batches
+  gathering its own rows (rald_fast.train.loader.batch_loader, as training does), for --loader-batches
   batches: images/s per process and memory: peak VmHWM, peak RssAnon (private memory, sampled every
   batch), RssFile and Pss at the end (/proc/self/status, /proc/self/smaps_rollup);
 - `train`: P processes (gloo DDP when P = 2) running the real training step (train_one_epoch, RALD,
@@ -94,7 +94,7 @@ def child(args) -> None:
     if args.what == "build":
         pass
     elif args.what == "loader":
-        from rald_fast.data.loader import batch_loader, global_batches
+        from rald_fast.train.loader import batch_loader, global_batches
 
         batches = global_batches(split, torch.Generator().manual_seed(0), args.batch, args.world)
         batches = batches[:args.loader_batches]

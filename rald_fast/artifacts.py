@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import rald_fast
 
 from rald_fast.errors import ArtifactError
+from rald_fast.files import atomic_write_text
 
 if TYPE_CHECKING:  # torch-free at import: the pycuda engine runner reads sidecars without torch
     from rald_fast.preprocess import Preprocess
@@ -77,8 +78,6 @@ def file_sha256(path: str | Path) -> str:
 
 
 def write_sidecar(artifact: str | Path, meta: dict, with_hash: bool = False) -> Path:
-    from rald_fast.checkpoint import atomic_write_text
-
     meta = dict(meta, artifact=Path(artifact).name)
     if with_hash:
         meta["sha256"] = file_sha256(artifact)

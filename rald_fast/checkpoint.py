@@ -10,12 +10,8 @@ executes code from the file (`weights_only=True`).
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
 from dataclasses import dataclass, field, fields
 
@@ -23,6 +19,7 @@ import torch
 
 from rald_fast import __version__
 from rald_fast.errors import CheckpointError
+from rald_fast.files import atomic_write
 
 FORMAT = "rald_fast.checkpoint/2"
 OLD_FORMATS = ("rald_fast.checkpoint/1",)
@@ -61,53 +58,6 @@ class Checkpoint:
     reference_bank: dict | None = None
     version: str = __version__
     format: str = FORMAT
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file here (mkstemp's is 0600)
-
-
-def atomic_write(path: str | Path, write) -> None:
-    """Call `write(fileobj)` on a temp file beside `path`, fsync, then rename it to `path`; the file gets
-    the usual permissions of a new file (readable like the artifacts beside it), not mkstemp's 0600."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fchmod(f.fileno(), FILE_MODE)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-
-
-def _nulls(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _nulls(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_nulls(v) for v in obj]
-    return obj
-
-
-def to_json(obj, indent: int | None = None) -> str:
-    """Strict JSON of `obj`: a NaN or infinite number (a flat taxonomy's coarse accuracy) becomes null,
-    which every JSON reader accepts, where Python's default `NaN` is not JSON."""
-    return json.dumps(_nulls(obj), indent=indent, allow_nan=False)
 
 
 def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:

@@ -23,6 +23,8 @@ import textwrap
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional, get_type_hints
 
+from rald_fast.device import parse_device
+
 
 def _opt(default: Any, doc: str) -> Any:
     """A config field with a one-line description `doc` (its `--help` text); the default is unchanged."""
@@ -93,13 +95,13 @@ class DataConfig:
         None, "dataset directory (docs/DATASETS.md); synthetic data: its cache (none: $RALD_FAST_CACHE or ~/.cache)")
     taxonomy: Optional[str] = _opt(
         None, "label taxonomy: built-in name or JSON/YAML file (none: the dataset's own, e.g. fg-emotions)")
-    image_size: int = _opt(64, "side of the square network input in pixels (the paper states none)")
+    image_size: int = _opt(40, "side of the square network input in pixels (the paper states none)")
     synth_train_per_class: int = _opt(60, "synthetic data: training images per fine class")
     synth_test_per_class: int = _opt(20, "synthetic data: test images per fine class")
     synth_flip_prob: float = _opt(0.1, "synthetic data: share of training labels flipped to a near class")
     synth_seed: int = _opt(0, "synthetic data: generation seed (the class prototypes do not depend on it)")
-    synth_difficulty: float = _opt(1.0, "synthetic data: scales identity/pose/lighting/occlusion nuisance")
-    synth_fine_offset: float = _opt(1.0, "synthetic data: scales the differences between fine classes of a group")
+    synth_difficulty: float = _opt(0.2, "synthetic data: scales identity/pose/lighting/occlusion nuisance")
+    synth_fine_offset: float = _opt(2.0, "synthetic data: scales the differences between fine classes of a group")
     hflip: bool = _opt(True, "random horizontal flip of training images")
     shift: float = _opt(0.0625, "random translation of training images, as a share of the side (reflect-pad "
                                 "and crop; 0: off)")
@@ -130,16 +132,16 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    epochs: int = _opt(300, "training epochs")
-    batch_size: int = _opt(128, "training batch size (global under torchrun; ITRR and NNLDL relate its images)")
-    lr: float = _opt(0.01, "SGD learning rate of the backbone (the attention side: lr x attn-lr-mult)")
+    epochs: int = _opt(5, "training epochs")
+    batch_size: int = _opt(64, "training batch size (global under torchrun; ITRR and NNLDL relate its images)")
+    lr: float = _opt(0.05, "SGD learning rate of the backbone (the attention side: lr x attn-lr-mult)")
     momentum: float = _opt(0.9, "SGD momentum (the paper states none: docs/DESIGN.md)")
     # the paper's "衰减系数为5e-3" read as weight decay: docs/DESIGN.md
-    weight_decay: float = _opt(5e-3, "SGD weight decay (the paper's 'decay coefficient 5e-3': docs/DESIGN.md)")
-    lr_step: int = _opt(100, "multiply the lr by lr-gamma every lr-step epochs")
+    weight_decay: float = _opt(5e-4, "SGD weight decay (the paper's 'decay coefficient 5e-3': docs/DESIGN.md)")
+    lr_step: int = _opt(4, "multiply the lr by lr-gamma every lr-step epochs")
     lr_gamma: float = _opt(0.1, "multiplicative lr decay of each step")
     attn_lr_mult: float = _opt(
-        1.0, "lr multiplier of what RALD adds to ResNet18 (ITRR, HLRR, LGIFO, the label projection, the bias "
+        0.1, "lr multiplier of what RALD adds to ResNet18 (ITRR, HLRR, LGIFO, the label projection, the bias "
              "table); the backbone and the fine head train at --lr in every variant (docs/DESIGN.md)")
     relation_lr_mult: float = _opt(
         -1.0, "lr multiplier of ITRR's relation (W_Q, W_K, the temperature); -1: as --attn-lr-mult")
@@ -149,9 +151,9 @@ class OptimConfig:
 class RunConfig:
     out: str = _opt("runs/rald", "output directory of the run (config, metrics, checkpoints)")
     seed: int = _opt(0, "seed of model init, batch order, augmentation and the test batch order")
-    device: str = _opt("auto", "auto (cuda if available) | cpu | cuda")
+    device: str = _opt("auto", "auto (cuda if available) | cpu | cuda | cuda:N")
     eval_every: int = _opt(1, "epochs between test evaluations (the last epoch is always evaluated)")
-    eval_batch_size: int = _opt(128, "test batch size (ITRR mixes the images of a batch: it matters)")
+    eval_batch_size: int = _opt(64, "test batch size (ITRR mixes the images of a batch: it matters)")
     threads: int = _opt(0, "torch CPU threads (0: torch's default)")
     channels_last: bool = _opt(True, "NHWC convolutions: about 2x faster on a CPU and on GPUs")
     progress: bool = _opt(True, "tqdm progress bars")
@@ -193,24 +195,31 @@ class Config:
 
 # --- presets ---------------------------------------------------------------------------------
 SCHEDULES: dict[str, dict[str, Any]] = {
+    # the no-argument run, and the dataclass defaults above: synthetic data, 2-core CPU, a few minutes;
+    # also the budget (with --epochs 12 --lr-step 9) of the multi-seed study in docs/RESULTS.md
+    "quick": {},
     # the paper's training setup, section 4.3.2 (what it leaves open: docs/DESIGN.md, `--preset paper`)
-    "paper": dict(epochs=300, batch_size=128, lr=0.01, lr_step=100, lr_gamma=0.1,
-                  weight_decay=5e-3, image_size=224),
-    # the no-argument run: synthetic data, 2-core CPU, a few minutes; also the budget of the
-    # multi-seed study in docs/RESULTS.md (README gives the numbers)
-    "quick": dict(epochs=5, batch_size=64, lr=0.05, lr_step=4, lr_gamma=0.1, weight_decay=5e-4,
-                  attn_lr_mult=0.1, image_size=40, synth_difficulty=0.2, synth_fine_offset=2.0,
-                  eval_every=1, eval_batch_size=64),
+    "paper": dict(epochs=300, batch_size=128, lr=0.01, lr_step=100, lr_gamma=0.1, weight_decay=5e-3,
+                  attn_lr_mult=1.0, image_size=224, eval_batch_size=128, synth_difficulty=1.0,
+                  synth_fine_offset=1.0),
     # for tests: seconds
-    "tiny": dict(epochs=2, batch_size=16, image_size=32, synth_train_per_class=3,
-                 synth_test_per_class=2, eval_batch_size=16, progress=False),
+    "tiny": dict(epochs=2, batch_size=16, lr=0.01, lr_step=100, weight_decay=5e-3, attn_lr_mult=1.0,
+                 image_size=32, synth_train_per_class=3, synth_test_per_class=2, synth_difficulty=1.0,
+                 synth_fine_offset=1.0, eval_batch_size=16, progress=False),
 }
+
+# options that decide where and how a run executes, never what it learns: the experiments share a run
+# whatever they are (common.config_hash), and a resumed run may change them
+RUN_ONLY = frozenset({"out", "threads", "device", "progress", "eval_every", "pin_memory", "decoded_cache",
+                      "cache_dir", "loader_workers", "workers"})
+# a resumed run may also extend its schedule or switch its numerics; everything else is the checkpoint's
+RESUME_OVERRIDABLE = RUN_ONLY | {"epochs", "amp", "compile"}
 
 AMP_MODES = ("none", "bf16", "fp16")  # --amp: autocast dtype of the training step
 XI_READINGS = ("spd", "literal")      # --xi-reading, eq. (9)
 NNLDL_RELATIONS = ("attention", "symmetric", "cosine-f", "cosine-ftilde")  # --nnldl-relation
 NNLDL_NORMALISERS = ("printed", "image")  # --nnldl-normaliser, eq. (19)
-ITRR_MODES = ("batch", "bank", "self")  # ITRR context at inference (RALD.forward_head, --itrr-mode)
+ITRR_MODES = ("batch", "bank", "self")  # ITRR context at inference (RALD.head_outputs, --itrr-mode)
 
 # Table 3 of the paper: which modules are on. (a) is the bare ResNet18.
 VARIANTS: dict[str, dict[str, bool]] = {
@@ -228,12 +237,13 @@ VARIANTS: dict[str, dict[str, bool]] = {
 VARIANTS["baseline"] = VARIANTS["a"]
 
 
-def _sections(cfg: Config):
+def sections(cfg: Config) -> list:
+    """The five option groups of `cfg` (model, loss, data, optim, run), in that order."""
     return [cfg.model, cfg.loss, cfg.data, cfg.optim, cfg.run]
 
 
 def set_option(cfg: Config, key: str, value: Any) -> None:
-    for sub in _sections(cfg):
+    for sub in sections(cfg):
         if key in {f.name for f in fields(sub)}:
             setattr(sub, key, value)
             return
@@ -265,7 +275,7 @@ _RANGES = {"lr": "(0, inf)", "momentum": "[0, 1)", "weight_decay": "[0, inf)", "
 
 def _check_numbers(cfg: Config) -> None:
     """Every float option finite, and each of `_RANGES` in its interval: a NaN lr must not reach step 2."""
-    for sub in _sections(cfg):
+    for sub in sections(cfg):
         for f in fields(sub):
             value = getattr(sub, f.name)
             flag = f"--{f.name.replace('_', '-')}"
@@ -326,8 +336,7 @@ def validate(cfg: Config) -> None:
                          f"got {cfg.run.reference_bank}")
     if cfg.run.amp not in AMP_MODES:
         raise ValueError(f"--amp must be one of {', '.join(AMP_MODES)}, got {cfg.run.amp!r}")
-    if cfg.run.device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"--device must be auto, cpu or cuda, got {cfg.run.device!r}")
+    parse_device(cfg.run.device)  # auto, cpu, cuda or cuda:N, as every command's --device
     d = cfg.data
     datasets = ("synthetic", "labelfile", "rafdb", "affectnet", "fgemotions", "folder")
     if d.data not in datasets:
@@ -389,7 +398,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, preset: str = "quick",
     g.add_argument("--variant", default="rald", choices=list(VARIANTS),
                    help="model variant: Table 3 rows a-g (baseline = a), rald (all modules), rald-l (flat labels)"
                         + ("" if variant is not None else "; not used here: each run sets its own"))
-    for sub, eff in zip(_sections(Config()), _sections(shown)):
+    for sub, eff in zip(sections(Config()), sections(shown)):
         hints = get_type_hints(type(sub))
         group = parser.add_argument_group(type(sub).__name__.removesuffix("Config").lower())
         for f in fields(sub):
@@ -409,6 +418,6 @@ def add_config_arguments(parser: argparse.ArgumentParser, preset: str = "quick",
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    keys = {f.name for sub in _sections(Config()) for f in fields(sub)}
+    keys = {f.name for sub in sections(Config()) for f in fields(sub)}
     overrides = {k: v for k, v in vars(args).items() if k in keys}
     return make_config(args.preset, args.variant, **overrides)

@@ -30,7 +30,7 @@ from rald_fast.errors import MissingLabelVectorError
 
 RESOURCES = Path(__file__).resolve().parent / "resources"
 BUNDLED: dict[str, Path] = {"glove50": RESOURCES / "label_vectors_glove50.txt",
-                            "spacy300": RESOURCES / "label_vectors.txt"}
+                            "spacy300": RESOURCES / "label_vectors_spacy300.txt"}
 DEFAULT_VECTORS = "glove50"
 ONEHOT = "onehot"
 BUNDLED_VECTORS: Path = BUNDLED[DEFAULT_VECTORS]

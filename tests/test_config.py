@@ -70,7 +70,7 @@ def test_every_train_option_has_a_description():
     p = build_parser()
     n_fields = sum(len(sub) for sub in Config().to_dict().values() if isinstance(sub, dict))
     options = [a for a in p._actions if a.option_strings and a.dest != "help"]
-    assert len(options) == n_fields + 3  # every field, --resume, --preset, --variant
+    assert len(options) == n_fields + 4  # every field, --resume, --overwrite, --preset, --variant
     for a in options:
         assert a.help and "before presets" not in a.help, a.option_strings
         if a.dest not in ("resume", "preset", "variant"):

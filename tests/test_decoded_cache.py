@@ -1,4 +1,4 @@
-"""The decoded cache (rald_fast/data/cache.py) and the batch loader over it (data/loader.py): built once and
+"""The decoded cache (rald_fast/data/cache.py) and the batch loader over it (train/loader.py): built once and
 reused across runs and processes, keyed by the listing and the image size, rebuilt when stale or foreign,
 nothing left behind by a full disk or a bad image, and the loader hands each process its own rows."""
 
@@ -17,8 +17,9 @@ from PIL import Image
 from rald_fast.data import cache as cache_mod
 from rald_fast.data import dataset as dataset_mod
 from rald_fast.data.cache import listing_key
+from rald_fast.data.build import decode_split
 from rald_fast.data.dataset import SplitList, load_split
-from rald_fast.data.loader import batch_loader, global_batches
+from rald_fast.train.loader import batch_loader, global_batches
 from rald_fast.errors import DataError
 from rald_fast.hierarchy import load_taxonomy
 from rald_fast.train.distributed import SINGLE, DistInfo
@@ -44,7 +45,7 @@ def files(d) -> list[str]:
 def test_cache_is_built_once_then_mapped_without_decoding(tmp_path, monkeypatch):
     lst = write_images(tmp_path / "d")
     memory = load_split(lst, TAXONOMY, 16)
-    first = load_split(lst, TAXONOMY, 16, cache_dir=tmp_path / "c", workers=2)
+    first = decode_split(lst, TAXONOMY, 16, cache_dir=tmp_path / "c", workers=2)
     assert first.store.built and torch.equal(first.images, memory.images)
     assert torch.equal(first.labels, memory.labels) and first.paths == memory.paths
     [index] = [p for p in (tmp_path / "c").iterdir() if p.suffix == ".json"]
@@ -56,7 +57,7 @@ def test_cache_is_built_once_then_mapped_without_decoding(tmp_path, monkeypatch)
         raise AssertionError("decoded again")
 
     monkeypatch.setattr(dataset_mod, "decode_image", no_decode)
-    again = load_split(lst, TAXONOMY, 16, cache_dir=tmp_path / "c")
+    again = decode_split(lst, TAXONOMY, 16, cache_dir=tmp_path / "c")
     assert not again.store.built and torch.equal(again.images, memory.images)
     assert torch.equal(again.labels, memory.labels)
 
@@ -77,7 +78,7 @@ def test_key_follows_files_labels_and_image_size(tmp_path):
 @pytest.mark.parametrize("damage", ["format", "incomplete", "truncated", "missing-data", "garbage-index"])
 def test_stale_or_broken_cache_is_rebuilt(tmp_path, damage):
     lst = write_images(tmp_path / "d", 5)
-    load_split(lst, TAXONOMY, 8, cache_dir=tmp_path / "c")
+    decode_split(lst, TAXONOMY, 8, cache_dir=tmp_path / "c")
     good = load_split(lst, TAXONOMY, 8)
     data, index, _ = cache_mod.cache_files(tmp_path / "c", listing_key(lst.paths, lst.labels, None, 8))
     meta = json.loads(index.read_text())
@@ -92,7 +93,7 @@ def test_stale_or_broken_cache_is_rebuilt(tmp_path, damage):
         data.unlink()
     else:
         index.write_text("{not json")
-    again = load_split(lst, TAXONOMY, 8, cache_dir=tmp_path / "c")
+    again = decode_split(lst, TAXONOMY, 8, cache_dir=tmp_path / "c")
     assert again.store.built and torch.equal(again.images, good.images)
 
 
@@ -106,12 +107,12 @@ def test_full_disk_leaves_no_cache_and_says_so(tmp_path, monkeypatch):
 
     monkeypatch.setattr(cache_mod, "_pwrite_all", full)
     with pytest.raises(DataError, match=f"{tmp_path / 'c'}: the disk is full.*nothing was left behind"):
-        load_split(lst, TAXONOMY, 8, cache_dir=tmp_path / "c")
+        decode_split(lst, TAXONOMY, 8, cache_dir=tmp_path / "c")
     assert files(tmp_path / "c") == []
     monkeypatch.undo()
     monkeypatch.setattr(cache_mod.shutil, "disk_usage", lambda p: type("U", (), {"free": 10})())
     with pytest.raises(DataError, match="the disk is full.*GB free"):
-        load_split(lst, TAXONOMY, 8, cache_dir=tmp_path / "c")
+        decode_split(lst, TAXONOMY, 8, cache_dir=tmp_path / "c")
     assert files(tmp_path / "c") == []
 
 
@@ -119,16 +120,16 @@ def test_bad_images_through_the_cache(tmp_path):
     lst = write_images(tmp_path / "d", 6)
     lst.paths[1].write_bytes(b"garbage")
     with pytest.raises(DataError, match=r"im001\.png: cannot decode image.*--on-bad-image skip"):
-        load_split(lst, TAXONOMY, 8, cache_dir=tmp_path / "c")       # fail: no cache is left
+        decode_split(lst, TAXONOMY, 8, cache_dir=tmp_path / "c")       # fail: no cache is left
     assert files(tmp_path / "c") == []
     memory = load_split(lst, TAXONOMY, 8, on_bad_image="skip")
-    cached = load_split(lst, TAXONOMY, 8, on_bad_image="skip", cache_dir=tmp_path / "c")
+    cached = decode_split(lst, TAXONOMY, 8, on_bad_image="skip", cache_dir=tmp_path / "c")
     assert len(cached) == 5 and torch.equal(cached.images, memory.images)   # the kept rows, compacted
     assert cached.paths == memory.paths and cached.skipped == memory.skipped
-    assert torch.equal(load_split(lst, TAXONOMY, 8, on_bad_image="skip", cache_dir=tmp_path / "c").images,
+    assert torch.equal(decode_split(lst, TAXONOMY, 8, on_bad_image="skip", cache_dir=tmp_path / "c").images,
                        memory.images)
     with pytest.raises(DataError, match=r"im001\.png: cannot decode image.*split 'train'"):
-        load_split(lst, TAXONOMY, 8, cache_dir=tmp_path / "c")       # the cached skip, under fail
+        decode_split(lst, TAXONOMY, 8, cache_dir=tmp_path / "c")       # the cached skip, under fail
 
 
 def _load_in_process(args):
@@ -149,7 +150,7 @@ def test_two_processes_build_the_cache_once_and_share_it(tmp_path):
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_loader_gives_each_process_its_rows_and_leaves_the_global_rng(tmp_path, workers):
-    split = load_split(write_images(tmp_path / "d", 11), TAXONOMY, 8, cache_dir=tmp_path / "c")
+    split = decode_split(write_images(tmp_path / "d", 11), TAXONOMY, 8, cache_dir=tmp_path / "c")
     batches = global_batches(split, torch.Generator().manual_seed(0), 4, world_size=2)
     assert [len(b) for b in batches] == [4, 4, 3]
     state = torch.get_rng_state()

@@ -6,12 +6,10 @@ import math
 from pathlib import Path
 
 import pytest
+from table_csv import read_ablation_csv, read_fps_csv, read_modes_csv, read_sweep_csv, read_table1_csv
 
-from rald_fast.experiments import ablation, common, study, sweeps
+from rald_fast.experiments import ablation, common, study
 from rald_fast.experiments.__main__ import main
-from rald_fast.experiments.compare import read_table1_csv
-from rald_fast.experiments.modes import read_modes_csv
-from rald_fast.experiments.speed import read_fps_csv
 
 TINY = ["--preset", "tiny", "--synth-train-per-class", "1", "--synth-test-per-class", "1",
         "--image-size", "32", "--epochs", "1", "--threads", "2"]
@@ -38,7 +36,7 @@ def exp(tmp_path_factory):
 def test_ablation_table_parses_back(exp):
     rows = json.loads((exp / "ablation.json").read_text())
     assert [r["variant"] for r in rows] == ["a", "rald"]
-    parsed = ablation.read_ablation_csv((exp / "ablation.csv").read_text())
+    parsed = read_ablation_csv((exp / "ablation.csv").read_text())
     md = (exp / "ablation.md").read_text()
     for r in rows:
         accs = [_final(d) for d in r["runs"]]          # the numbers that produced the table
@@ -83,7 +81,7 @@ def test_ksweep_and_noise_share_runs_and_parse_back(exp):
     assert len(list((exp / "runs").iterdir())) == n_runs + 3
     for name, key in (("ksweep", "k"), ("noise", "synth_flip_prob")):
         points = json.loads((exp / f"{name}.json").read_text())
-        parsed = sweeps.read_sweep_csv((exp / f"{name}.csv").read_text(), key)
+        parsed = read_sweep_csv((exp / f"{name}.csv").read_text(), key)
         for p in points:
             assert parsed[p["variant"], float(p[key])] == pytest.approx(
                 [_final(d) for d in p["runs"]], abs=1e-6)

@@ -172,7 +172,7 @@ def test_predict_names_the_expected_input(exported):
         p.predict([np.zeros((32, 32, 2), np.uint8)])
     rgba = np.zeros((32, 32, 4), np.uint8)  # an RGBA array is read like an RGBA photo: alpha dropped
     np.testing.assert_array_equal(p.predict([rgba]).probs, p.predict([rgba[..., :3]]).probs)
-    with pytest.raises(ArtifactError, match="numpy arrays"):
+    with pytest.raises(ArtifactError, match="a PIL image, a uint8 RGB array"):
         p.predict(torch.zeros(1, 3, 32, 32))
     gray = p.predict([np.full((40, 30), 128, np.uint8)])
     assert gray.probs.shape == (1, 33)

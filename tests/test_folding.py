@@ -36,15 +36,15 @@ def images(n, seed=0):
 
 
 def training_path(model, x, mode):
-    feats = model.forward_features(PRE.normalize(x.to(torch.uint8)))
-    return model.forward_head(feats, itrr_mode=mode)["logits"]
+    feats = model.backbone_features(PRE.normalize(x.to(torch.uint8)))
+    return model.head_outputs(feats, itrr_mode=mode)["logits"]
 
 
 def with_bank(model, n=9, seed=3):
     """`model` with a reference bank of the features of `n` random images."""
     if model.itrr is not None:
         with torch.no_grad():
-            model.set_reference_bank(model.forward_features(PRE.normalize(images(n, seed=seed).to(torch.uint8))))
+            model.set_reference_bank(model.backbone_features(PRE.normalize(images(n, seed=seed).to(torch.uint8))))
     return model
 
 
@@ -99,7 +99,7 @@ def test_bank_mode_needs_a_bank():
     model = trained_like()
     assert not model.has_reference_bank and fold(model, PRE).itrr_mode == "self"
     for attempt in (lambda: fold(model, PRE, "bank"),
-                    lambda: model.forward_head(torch.zeros(2, 512), itrr_mode="bank")):
+                    lambda: model.head_outputs(torch.zeros(2, 512), itrr_mode="bank")):
         with pytest.raises(ValueError, match=r"python -m rald_fast.bank --checkpoint"):
             attempt()
     assert fold(with_bank(model), PRE).itrr_mode == "bank"  # the default once a bank is set

@@ -270,7 +270,7 @@ def test_flat_taxonomy_runs_write_strict_json(tmp_path):
 
 def test_artifacts_record_the_resize_and_sidecars_are_readable(exported_artifacts):
     from rald_fast.artifacts import read_sidecar
-    from rald_fast.checkpoint import FILE_MODE
+    from rald_fast.files import FILE_MODE
 
     onnx = next(exported_artifacts["out"].glob("*.onnx"))
     meta = read_sidecar(onnx)

@@ -15,10 +15,10 @@ import math
 
 import numpy as np
 import pytest
+from table_csv import read_table1_csv
 
 from rald_fast.evaluate.metrics import compute_metrics
 from rald_fast.evaluate.reports import plot_confusion, table1_csv, table1_markdown, table1_rows
-from rald_fast.experiments.compare import read_table1_csv
 from rald_fast.hierarchy import Taxonomy, flat
 
 TAX = Taxonomy("tiny", ("a1", "a2", "a3", "b1", "c1"), ("A", "A", "A", "B", "C"),

@@ -53,8 +53,8 @@ def test_model_head_compiles_and_exports():
     model.eval()
     feats = torch.randn(5, 512)
     with torch.no_grad():
-        eager = model.forward_head(feats)["logits"]
-        compiled = torch.compile(lambda f: model.forward_head(f)["logits"], fullgraph=True)
+        eager = model.head_outputs(feats)["logits"]
+        compiled = torch.compile(lambda f: model.head_outputs(f)["logits"], fullgraph=True)
         assert_close(compiled(feats), eager, atol=1e-5, rtol=1e-5, name="compiled head")
 
     class Head(torch.nn.Module):
@@ -63,11 +63,11 @@ def test_model_head_compiles_and_exports():
             self.m = m
 
         def forward(self, f):
-            return self.m.forward_head(f)["logits"]
+            return self.m.head_outputs(f)["logits"]
 
     batch = torch.export.Dim("batch", min=2, max=256)
     ep = torch.export.export(Head(model), (feats,), dynamic_shapes=({0: batch},))
     other = torch.randn(9, 512)
     with torch.no_grad():
-        assert_close(ep.module()(other), model.forward_head(other)["logits"], atol=1e-5,
+        assert_close(ep.module()(other), model.head_outputs(other)["logits"], atol=1e-5,
                      rtol=1e-5, name="exported head")

@@ -22,7 +22,9 @@ import skimage.data as skdata
 
 from rald_fast.cli import run_cli
 from rald_fast.predict.command import main
-from rald_fast.predict.faces import Box, HaarFaceDetector, crop_face, draw_faces, predict_faces
+from rald_fast.predict.drawing import draw_faces
+from rald_fast.predict.faces import Box, HaarFaceDetector, crop_face
+from rald_fast.predict.pipeline import predict_faces
 
 ASTRONAUT_FACE = (176, 66, 95, 95)  # (x, y, w, h) of the one face, as OpenCV's cascade finds it
 

@@ -162,9 +162,9 @@ def test_folding_keeps_the_outputs_with_each_switch_on(switch, mode):
             model.itrr.log_temperature.fill_(math.log(3.0))
     pre = Preprocess(32)
     with torch.no_grad():
-        model.set_reference_bank(model.forward_features(torch.randn(9, 3, 32, 32)))
+        model.set_reference_bank(model.backbone_features(torch.randn(9, 3, 32, 32)))
         x = torch.randint(0, 256, (6, 3, 32, 32)).float()
-        want = model.forward_head(model.forward_features(pre.normalize(x)), itrr_mode=mode)["logits"]
+        want = model.head_outputs(model.backbone_features(pre.normalize(x)), itrr_mode=mode)["logits"]
         folded = fold(model, pre, mode)
         got = folded(x)[0]
     torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)

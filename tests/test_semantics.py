@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rald_fast.hierarchy import BUILTIN
+from rald_fast.hierarchy import BUILTIN, FG_EMOTIONS
 from rald_fast.semantics import (
     BUNDLED,
     BUNDLED_VECTORS,
@@ -14,15 +14,7 @@ from rald_fast.semantics import (
     load_keyed_vectors,
 )
 
-FG = {
-    "fear": ["anxiety", "worry", "panic", "terror", "nervous"],
-    "sadness": ["depression", "embarrass", "gloom", "guilt", "remorse", "sorrow", "suffering"],
-    "anger": ["anger", "contempt", "disgust", "frustrate", "hate", "irritate", "loathing", "torment",
-              "wrath"],
-    "surprise": ["amaze", "astonish", "surprise"],
-    "happiness": ["cheerful", "enthrall", "optimism", "pleasure", "pride", "relief"],
-    "love": ["thrill", "affection", "lust"],
-}
+FG = {coarse: fine for groups in FG_EMOTIONS.values() for coarse, fine in groups.items()}  # paper Table 1
 FINE = [f for fs in FG.values() for f in fs]
 COARSE = list(FG)
 BUILT_IN = set(FINE) | set(COARSE) | {"pleasant", "unpleasant", "neutral", "contempt", "disgust"}

@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from rald_fast.checkpoint import CheckpointError, atomic_write, load_checkpoint
+from rald_fast.checkpoint import CheckpointError, load_checkpoint
+from rald_fast.files import atomic_write
 from rald_fast.config import make_config
 from rald_fast.data.dataset import DataError
 from rald_fast.revision import code_revision

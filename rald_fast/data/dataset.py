@@ -104,26 +104,23 @@ def decode_image(path: Path, size: int, box: Box | None = None) -> np.ndarray:
     return resize_square(open_rgb(path, box), size).transpose(2, 0, 1)
 
 
+def check_bad_image_policy(on_bad_image: str) -> None:
+    if on_bad_image not in BAD_IMAGE_POLICIES:
+        raise ValueError(f"--on-bad-image must be skip or fail, got {on_bad_image!r}")
+
+
 def load_split(source: str | Path | SplitList, taxonomy: Taxonomy, image_size: int,
-               progress: bool = False, on_bad_image: str = "fail", workers: int = 0,
-               cache_dir: str | Path | None = None) -> Split:
-    """Decode a split: `source` is a `path,label` CSV file or a reader's `SplitList`.
+               progress: bool = False, on_bad_image: str = "fail", workers: int = 0) -> Split:
+    """Decode a split into this process's memory: `source` is a `path,label` CSV file or a reader's
+    `SplitList` (the decoded cache's twin: `cache.load_cached_split`; `build.decode_split` chooses).
 
     Args:
         on_bad_image: "fail" stops at the first image that cannot be decoded (path and reason in the
             message); "skip" logs each one, drops it and logs the count at the end.
         workers: decode threads (PIL releases the GIL while decoding); 0 decodes in this thread.
-        cache_dir: decode once into the memory-mapped cache in this directory and map it
-            (`rald_fast.data.cache`: later runs and the other processes on the node map the same
-            file); None decodes into this process's memory.
     """
-    if on_bad_image not in BAD_IMAGE_POLICIES:
-        raise ValueError(f"--on-bad-image must be skip or fail, got {on_bad_image!r}")
+    check_bad_image_policy(on_bad_image)
     lst = split_list(source, taxonomy)
-    if cache_dir is not None:
-        from rald_fast.data.cache import load_cached_split
-
-        return load_cached_split(lst, image_size, cache_dir, progress, on_bad_image, workers)
     images = np.empty((len(lst.paths), 3, image_size, image_size), dtype=np.uint8)
 
     def write(i: int, image: np.ndarray) -> None:

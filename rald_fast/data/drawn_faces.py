@@ -102,13 +102,30 @@ def _line_shade(skin, strength: float):
     return _col(_mix(skin, skin * 0.45, 0.75 * float(np.clip(strength, 0, 1))))
 
 
-def _draw_face(dr: ImageDraw.ImageDraw, S: int, e: np.ndarray, lk: dict) -> None:
-    (bi, bh, eo, gx, gy, mc, mo, mw, ma, ck, nw, bl) = [float(v) for v in e]
-    cx, cy = 0.5 * S, 0.5 * S
-    A, B = 0.27 * S * lk["face_w"], 0.34 * S * lk["face_h"]
-    skin = _mix(lk["skin"], [215, 210, 205], 0.3 * max(-bl, 0.0))
-    hair, dark = lk["hair"], lk["skin"] * 0.35
-    # body, neck, hair behind, ears, head
+class _Face:
+    """Where the parts of one face go: the expression parameters and the geometry every part shares
+    (computed once, in the order and with the arithmetic the drawing has always used)."""
+
+    def __init__(self, S: int, e: np.ndarray, lk: dict):
+        (self.bi, self.bh, self.eo, self.gx, self.gy, self.mc, self.mo, self.mw, self.ma, self.ck, self.nw,
+         self.bl) = [float(v) for v in e]
+        self.S, self.lk = S, lk
+        self.cx, self.cy = 0.5 * S, 0.5 * S
+        self.A, self.B = 0.27 * S * lk["face_w"], 0.34 * S * lk["face_h"]
+        self.skin = _mix(lk["skin"], [215, 210, 205], 0.3 * max(-self.bl, 0.0))
+        self.hair, self.dark = lk["hair"], lk["skin"] * 0.35
+        self.ey = self.cy - 0.12 * self.B + lk["eye_y"] * S                 # eye line
+        self.ew = 0.075 * S * lk["eye_size"]                               # eye half-width
+        self.eh = self.ew * float(np.clip(0.5 + 0.32 * self.eo, 0.08, 0.95))  # upper lid opening
+        self.low = self.eh * float(np.clip(1 - 0.45 * max(self.ck, 0), 0.3, 1))  # lower lid
+        self.nz, self.ny = lk["nose"], self.cy + 0.22 * self.B             # nose size, nose tip line
+        self.my = self.cy + 0.5 * self.B + lk["mouth_y"] * S               # mouth line
+        self.hw = (0.1 + 0.035 * self.mw) * S * lk["face_w"]               # mouth half-width
+
+
+def _draw_head(dr: ImageDraw.ImageDraw, f: _Face) -> None:
+    """Body, neck, hair behind, ears, head, fringe, blush."""
+    S, cx, cy, A, B, lk, skin, hair = f.S, f.cx, f.cy, f.A, f.B, f.lk, f.skin, f.hair
     dr.ellipse([cx - 0.5 * S, cy + 0.95 * B, cx + 0.5 * S, cy + 2.2 * B], fill=_col(lk["cloth"]))
     dr.rectangle([cx - 0.35 * A, cy + 0.6 * B, cx + 0.35 * A, cy + 1.15 * B],
                  fill=_col(skin * 0.85))
@@ -120,90 +137,97 @@ def _draw_face(dr: ImageDraw.ImageDraw, S: int, e: np.ndarray, lk: dict) -> None
                    fill=_col(skin * 0.92))
     dr.ellipse([cx - A, cy - B, cx + A, cy + B], fill=_col(skin))
     if lk["hair_style"] != 2:   # fringe: a chord over the top of the head
-        f = lk["fringe"]
-        ang = math.degrees(math.asin(np.clip(f, -0.99, 0.99)))
+        ang = math.degrees(math.asin(np.clip(lk["fringe"], -0.99, 0.99)))
         dr.chord([cx - 1.04 * A, cy - 1.06 * B, cx + 1.04 * A, cy + 1.0 * B],
                  180 + ang, 360 - ang, fill=_col(hair))
-    # blush
-    if bl > 0:
-        bc = _col(_mix(skin, [225, 85, 95], 0.55 * min(bl, 1.0)))
+    if f.bl > 0:
+        bc = _col(_mix(skin, [225, 85, 95], 0.55 * min(f.bl, 1.0)))
         for s in (-1, 1):
             x = cx + s * 0.55 * A
             dr.ellipse([x - 0.2 * A, cy + 0.15 * B, x + 0.2 * A, cy + 0.33 * B], fill=bc)
-    # eyes
-    ey = cy - 0.12 * B + lk["eye_y"] * S
-    ew = 0.075 * S * lk["eye_size"]
-    eh = ew * float(np.clip(0.5 + 0.32 * eo, 0.08, 0.95))
-    low = eh * float(np.clip(1 - 0.45 * max(ck, 0), 0.3, 1))
+
+
+def _draw_eyes(dr: ImageDraw.ImageDraw, f: _Face) -> None:
+    """Each eye (white, iris, pupil, lid), the crease of a cheek push and the brow."""
+    S, cx, A, lk, ey, ew, eh, low = f.S, f.cx, f.A, f.lk, f.ey, f.ew, f.eh, f.low
     for s in (-1, 1):
         ex = cx + s * lk["eye_sep"] * A
         dr.ellipse([ex - ew, ey - eh, ex + ew, ey + low], fill=(245, 245, 240))
         r = min(0.5 * ew, 0.95 * min(eh, low))
-        px = ex + np.clip(gx, -1, 1) * (ew - r) * 0.9
-        py = ey + np.clip(gy, -1, 1) * 0.3 * eh
+        px = ex + np.clip(f.gx, -1, 1) * (ew - r) * 0.9
+        py = ey + np.clip(f.gy, -1, 1) * 0.3 * eh
         dr.ellipse([px - r, py - r, px + r, py + r], fill=_col(lk["iris"]))
         dr.ellipse([px - 0.45 * r, py - 0.45 * r, px + 0.45 * r, py + 0.45 * r],
                    fill=(10, 10, 10))
-        dr.arc([ex - ew, ey - eh, ex + ew, ey + eh], 180, 360, fill=_col(dark),
+        dr.arc([ex - ew, ey - eh, ex + ew, ey + eh], 180, 360, fill=_col(f.dark),
                width=max(2, S // 80))
-        if ck > 0.05:   # cheek push: crease under the eye
+        if f.ck > 0.05:   # cheek push: crease under the eye
             dr.arc([ex - ew, ey - 0.2 * eh, ex + ew, ey + low + 0.35 * ew], 20, 160,
-                   fill=_line_shade(skin, ck), width=max(1, S // 110))
+                   fill=_line_shade(f.skin, f.ck), width=max(1, S // 110))
         # brow: inner end near the centre line
-        base = ey - eh - 0.055 * S - 0.04 * S * bh
+        base = ey - eh - 0.055 * S - 0.04 * S * f.bh
         xi, xo = cx + s * 0.16 * A, cx + s * (lk["eye_sep"] * A + 1.2 * ew)
-        yi, yo = base - 0.05 * S * bi, base + 0.012 * S * bi
+        yi, yo = base - 0.05 * S * f.bi, base + 0.012 * S * f.bi
         xm, ym = 0.5 * (xi + xo), 0.5 * (yi + yo) - 0.012 * S
-        dr.line([(xi, yi), (xm, ym), (xo, yo)], fill=_col(hair * 0.8),
+        dr.line([(xi, yi), (xm, ym), (xo, yo)], fill=_col(f.hair * 0.8),
                 width=int(max(2, 0.022 * S * lk["brow_w"])), joint="curve")
-    if bh > 0.25:       # forehead lines
+
+
+def _draw_lines_and_nose(dr: ImageDraw.ImageDraw, f: _Face) -> None:
+    """Forehead and frown lines, the nose and its wrinkles."""
+    S, cx, A, ey, skin, nz, ny = f.S, f.cx, f.A, f.ey, f.skin, f.nz, f.ny
+    if f.bh > 0.25:       # forehead lines
         for k in range(2):
-            y = ey - 0.2 * S - 0.035 * S * (k + bh)
+            y = ey - 0.2 * S - 0.035 * S * (k + f.bh)
             dr.arc([cx - 0.5 * A, y, cx + 0.5 * A, y + 0.08 * S], 200, 340,
-                   fill=_line_shade(skin, bh - 0.25), width=max(1, S // 110))
-    if nw > 0.05 or bi < -0.3:   # frown lines between the brows
-        st = max(nw, -bi - 0.3)
+                   fill=_line_shade(skin, f.bh - 0.25), width=max(1, S // 110))
+    if f.nw > 0.05 or f.bi < -0.3:   # frown lines between the brows
+        st = max(f.nw, -f.bi - 0.3)
         for s in (-1, 1):
             x = cx + s * 0.035 * S
             dr.line([(x, ey - 0.09 * S), (x - s * 0.005 * S, ey - 0.04 * S)],
                     fill=_line_shade(skin, st), width=max(1, S // 110))
-    # nose
-    nz, ny = lk["nose"], cy + 0.22 * B
     dr.line([(cx, ey + 0.02 * S), (cx + 0.02 * S * nz, ny)], fill=_col(skin * 0.8),
             width=max(1, S // 100))
     dr.arc([cx - 0.06 * S * nz, ny - 0.03 * S * nz, cx + 0.06 * S * nz, ny + 0.02 * S * nz],
            10, 170, fill=_col(skin * 0.6), width=max(2, S // 70))
-    if nw > 0.05:
+    if f.nw > 0.05:
         for s in (-1, 1):
             x = cx + s * 0.04 * S * nz
             for k in range(2):
                 y = ey + 0.02 * S + k * 0.02 * S
-                dr.line([(x, y), (x + s * 0.03 * S, y + 0.01 * S)], fill=_line_shade(skin, nw),
+                dr.line([(x, y), (x + s * 0.03 * S, y + 0.01 * S)], fill=_line_shade(skin, f.nw),
                         width=max(1, S // 100))
-    # mouth
-    my = cy + 0.5 * B + lk["mouth_y"] * S
-    hw = (0.1 + 0.035 * mw) * S * lk["face_w"]
+
+
+def _draw_mouth(dr: ImageDraw.ImageDraw, f: _Face) -> None:
+    """Nasolabial folds, the open mouth and teeth, the lips."""
+    S, cx, hw, my = f.S, f.cx, f.hw, f.my
     xs = np.linspace(-1, 1, 17)
-    mid = my - 0.05 * S * mc * xs ** 2 + 0.035 * S * ma * np.clip(xs, 0, None) ** 2 * -1
-    gap = 0.075 * S * max(mo, 0.0) * (1 - xs ** 2)
+    mid = my - 0.05 * S * f.mc * xs ** 2 + 0.035 * S * f.ma * np.clip(xs, 0, None) ** 2 * -1
+    gap = 0.075 * S * max(f.mo, 0.0) * (1 - xs ** 2)
     up, lo = mid - 0.35 * gap, mid + 0.65 * gap
     X = cx + hw * xs
-    if ck > 0.05:       # nasolabial folds
+    if f.ck > 0.05:       # nasolabial folds
         for s, yc in ((-1, mid[0]), (1, mid[-1])):
-            dr.line([(cx + s * 0.09 * S * nz, ny), (cx + s * (hw + 0.02 * S), yc)],
-                    fill=_line_shade(skin, ck), width=max(1, S // 100))
-    if mo > 0.08:
+            dr.line([(cx + s * 0.09 * S * f.nz, f.ny), (cx + s * (hw + 0.02 * S), yc)],
+                    fill=_line_shade(f.skin, f.ck), width=max(1, S // 100))
+    if f.mo > 0.08:
         dr.polygon(list(zip(X, up)) + list(zip(X[::-1], lo[::-1])), fill=(70, 20, 28))
-        if mo > 0.3:
+        if f.mo > 0.3:
             teeth = up + 0.3 * gap
             dr.polygon(list(zip(X[2:-2], up[2:-2])) + list(zip(X[-3:1:-1], teeth[-3:1:-1])),
                        fill=(235, 232, 220))
     lw = max(2, S // 55)
-    dr.line(list(zip(X, up)), fill=_col(lk["lip"]), width=lw, joint="curve")
-    dr.line(list(zip(X, lo)), fill=_col(lk["lip"] * 0.9), width=lw + 1, joint="curve")
-    # occluders attached to the face
+    dr.line(list(zip(X, up)), fill=_col(f.lk["lip"]), width=lw, joint="curve")
+    dr.line(list(zip(X, lo)), fill=_col(f.lk["lip"] * 0.9), width=lw + 1, joint="curve")
+
+
+def _draw_occluders(dr: ImageDraw.ImageDraw, f: _Face) -> None:
+    """Glasses (or sunglasses) and a hand over the chin, as the look says."""
+    S, cx, A, lk, ey = f.S, f.cx, f.A, f.lk, f.ey
     if lk["glasses"]:
-        r = 1.45 * ew
+        r = 1.45 * f.ew
         for s in (-1, 1):
             ex = cx + s * lk["eye_sep"] * A
             box = [ex - r, ey - 0.85 * r, ex + r, ey + 0.85 * r]
@@ -213,13 +237,20 @@ def _draw_face(dr: ImageDraw.ImageDraw, S: int, e: np.ndarray, lk: dict) -> None
                 fill=(20, 20, 20), width=max(2, S // 70))
     if lk["hand"]:
         hx = cx + (0.5 - lk["fringe"]) * 3.0 * A      # deterministic from the look
-        hy = my + 0.05 * S
+        hy = f.my + 0.05 * S
         hand, edge = _col(lk["skin"] * 0.95), _col(lk["skin"] * 0.7)
         dr.ellipse([hx - 0.13 * S, hy - 0.02 * S, hx + 0.13 * S, hy + 0.2 * S], fill=hand)
         for k in range(4):
             fx, top = hx - 0.1 * S + k * 0.065 * S, hy - 0.12 * S - 0.02 * S * (k % 3)
             dr.rounded_rectangle([fx, top, fx + 0.055 * S, hy + 0.05 * S], radius=0.025 * S,
                                  fill=hand, outline=edge)
+
+
+def _draw_face(dr: ImageDraw.ImageDraw, S: int, e: np.ndarray, lk: dict) -> None:
+    """One face with expression `e` and look `lk`, back to front (deterministic: no randomness here)."""
+    f = _Face(S, e, lk)
+    for part in (_draw_head, _draw_eyes, _draw_lines_and_nose, _draw_mouth, _draw_occluders):
+        part(dr, f)
 
 
 def render(expr: np.ndarray, look: dict, size: int, rng: np.random.Generator) -> Image.Image:

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rald_fast.files import atomic_write_text
 from rald_fast.data.drawn_faces import EXPR_PARAMS, N_PARAMS, render, sample_look
 from rald_fast.hierarchy import FG_EMOTIONS as VALENCE_GROUPS
 
@@ -239,12 +240,6 @@ def _render_range(args) -> list[tuple[int, int, int]]:
     return rows
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def generate(cfg: SyntheticConfig, root: Path | None = None, *, force: bool = False,
              workers: int = 1) -> Path:
     """Write the dataset of ``cfg`` under ``root/<digest>/`` (cached) and return that directory.
@@ -287,12 +282,12 @@ def generate(cfg: SyntheticConfig, root: Path | None = None, *, force: bool = Fa
         w.writerow(["path", "label", "clean_label"])
         for i, clean, given in sorted(rows[s]):
             w.writerow([f"{s}/{s}_{i:05d}.png", names[given], names[clean]])
-        _write_atomic(tmp / f"{s}.csv", buf.getvalue())
+        atomic_write_text(tmp / f"{s}.csv", buf.getvalue())
     manifest = {"version": GENERATOR_VERSION, "digest": final.name, "config": cfg_dict,
                 "counts": {s: len(rows[s]) for s in SPLITS},
                 "flipped": {s: sum(c != g for _, c, g in rows[s]) for s in SPLITS},
                 "classes": names, "expression_params": list(EXPR_PARAMS)}
-    _write_atomic(tmp / "manifest.json", json.dumps(manifest, indent=1))
+    atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=1))
     if final.exists():
         if not force and _manifest_ok(final, cfg):   # another process finished first
             shutil.rmtree(tmp, ignore_errors=True)

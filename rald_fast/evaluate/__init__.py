@@ -7,19 +7,3 @@
 - `reports`: Table 1 (valence / coarse / fine) and confusion matrices.
 - `reference_bank`: ITRR's reference bank (batch-independent inference).
 """
-
-from __future__ import annotations
-
-__all__ = ["compute_metrics", "load_run", "predict_split"]
-
-
-def __getattr__(name: str):
-    if name in ("compute_metrics", "predict_split"):
-        from rald_fast.evaluate import metrics
-
-        return getattr(metrics, name)
-    if name == "load_run":
-        from rald_fast.evaluate.run import load_run
-
-        return load_run
-    raise AttributeError(f"module 'rald_fast.evaluate' has no attribute {name!r}")

@@ -8,8 +8,12 @@ from pathlib import Path
 from rald_fast.cli import (add_checkpoint_option, add_data_root_option, add_device_option, output_dir,
                            setup_logging)
 from rald_fast.config import ITRR_MODES
-from rald_fast.checkpoint import atomic_write_text, to_json
+from rald_fast.files import atomic_write_text, to_json
 from rald_fast.errors import CheckpointError
+from rald_fast.checkpoint import load_checkpoint
+from rald_fast.checkpoint import save_checkpoint
+from rald_fast.cli import run_cli
+from rald_fast.hierarchy import load_taxonomy
 
 
 EVALUATE_DOC = """`python -m rald_fast.evaluate --checkpoint PATH`: accuracy tables, confusion matrix, images/s.
@@ -54,7 +58,6 @@ def main(argv: list[str] | None = None) -> int:
     from rald_fast.evaluate.metrics import compute_metrics, predict_split
     from rald_fast.evaluate.reports import plot_confusion, table1_csv, table1_markdown
     from rald_fast.evaluate.run import load_run
-    from rald_fast.hierarchy import load_taxonomy
 
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -99,7 +102,6 @@ def build_bank_parser() -> argparse.ArgumentParser:
 
 def bank_main(argv: list[str] | None = None) -> int:
     args = build_bank_parser().parse_args(argv)
-    from rald_fast.checkpoint import load_checkpoint, save_checkpoint
     from rald_fast.evaluate.reference_bank import build_reference_bank, default_bank_size
     from rald_fast.evaluate.run import load_run
 
@@ -125,7 +127,6 @@ def bank_main(argv: list[str] | None = None) -> int:
 
 def check_checkpoint_target(path: Path) -> None:
     """`bank --out`: a new file, or a rald_fast checkpoint to replace; never a folder or another file."""
-    from rald_fast.checkpoint import load_checkpoint
 
     if path.is_dir():
         raise ValueError(f"--out {path}: is a folder; name the checkpoint file to write")
@@ -141,13 +142,11 @@ def check_checkpoint_target(path: Path) -> None:
 
 def cli() -> int:
     """Console-script entry point: `main` with user errors reported as one line (exit 2)."""
-    from rald_fast.cli import run_cli
 
     return run_cli(main)
 
 
 def bank_cli() -> int:
     """Console-script entry point of `rald-bank` (`python -m rald_fast.bank`)."""
-    from rald_fast.cli import run_cli
 
     return run_cli(bank_main)

@@ -32,7 +32,7 @@ def predict_split(model, split: Split, preprocess: Preprocess, batch_size: int,
     """Probabilities (N, C_f) and features (N, D) in the split's order, plus images/s.
 
     itrr_mode: `batch` (the paper), `bank` (attend to the model's reference bank plus itself) or
-    `self`; see `RALD.forward_head`.
+    `self`; see `RALD.head_outputs`.
     neighbours: with ITRR in batch mode, also report NNLDL's neighbour purity on these batches
     (`neighbour_stats`) for the relation of this loss config and, for comparison, for the cosine
     of the backbone features F: key "neighbours", batch-size weighted means."""
@@ -49,7 +49,7 @@ def predict_split(model, split: Split, preprocess: Preprocess, batch_size: int,
         idx = order[start:start + batch_size]
         x = preprocess.normalize(split.images[idx].to(device))
         t0 = time.perf_counter()
-        out = model.forward_head(model.forward_features(x), labels_tokens, itrr_mode)
+        out = model.head_outputs(model.backbone_features(x), labels_tokens, itrr_mode)
         p = out["logits"].float().softmax(-1)
         seconds += time.perf_counter() - t0
         probs[idx], feats[idx] = p.cpu(), out["features"].float().cpu()

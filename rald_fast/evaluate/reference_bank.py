@@ -52,7 +52,7 @@ def build_reference_bank(model, split: Split, preprocess: Preprocess, size: int,
         x = preprocess.normalize(split.images[idx[start:start + batch_size]].to(device))
         if next(model.backbone.parameters()).is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)
-        feats.append(model.forward_features(x).float().cpu())
+        feats.append(model.backbone_features(x).float().cpu())
     model.train(was_training)
     return {"features": torch.cat(feats), "labels": split.labels[idx].clone(), "indices": idx,
             "split_size": len(split), "seed": seed}

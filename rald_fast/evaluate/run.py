@@ -17,6 +17,11 @@ from rald_fast.config import Config
 from rald_fast.data.dataset import Split
 from rald_fast.hierarchy import Taxonomy
 from rald_fast.preprocess import Preprocess
+from rald_fast.data.build import dataset_root
+from rald_fast.data.dataset import load_split
+from rald_fast.data.readers import split_source
+from rald_fast.device import resolve_device
+from rald_fast.models import load_model
 
 
 @dataclass
@@ -39,11 +44,6 @@ def load_run(checkpoint: str | Path, device: str | torch.device = "auto", split:
              data_root: str | Path | None = None, name: str | None = None,
              option: str = "--checkpoint") -> Run:
     """Load `checkpoint` and decode `split` ("train" or "test") of its dataset (or of `data_root`)."""
-    from rald_fast.data.build import dataset_root
-    from rald_fast.data.dataset import load_split
-    from rald_fast.data.readers import split_source
-    from rald_fast.device import resolve_device
-    from rald_fast.models import load_model
 
     dev = resolve_device(device)
     loaded = load_model(checkpoint, dev, option=option)

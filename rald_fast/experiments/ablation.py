@@ -71,14 +71,6 @@ def ablation_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def read_ablation_csv(text: str) -> dict[str, list[float]]:
-    """variant -> fine accuracies over seeds, parsed back from `ablation_csv`."""
-    out: dict[str, list[float]] = {}
-    for row in csv.DictReader(io.StringIO(text)):
-        out.setdefault(row["variant"], []).append(float(row["accuracy"]))
-    return out
-
-
 def plot_ablation(rows: list[dict], path: Path, title: str) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))

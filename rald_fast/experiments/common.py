@@ -20,13 +20,12 @@ import statistics
 from dataclasses import fields
 from pathlib import Path
 
-from rald_fast.checkpoint import atomic_write_text, to_json
-from rald_fast.config import Config, _sections, add_config_arguments, make_config
+from rald_fast.files import atomic_write_text, to_json
+from rald_fast.config import RUN_ONLY, Config, add_config_arguments, make_config, sections
+from rald_fast.train.loop import fit
 
 log = logging.getLogger(__name__)
 
-# run options that do not change what is trained
-_NOT_HASHED = {"out", "threads", "device", "progress", "eval_every"}
 
 
 def add_budget_arguments(p: argparse.ArgumentParser, seeds: bool = True) -> None:
@@ -45,7 +44,7 @@ def add_budget_arguments(p: argparse.ArgumentParser, seeds: bool = True) -> None
 
 def budget_overrides(args: argparse.Namespace) -> dict:
     """The config fields given on the command line (except --out)."""
-    keys = {f.name for sub in _sections(Config()) for f in fields(sub)} - {"out"}
+    keys = {f.name for sub in sections(Config()) for f in fields(sub)} - {"out"}
     return {k: v for k, v in vars(args).items() if k in keys}
 
 
@@ -67,7 +66,7 @@ def config_hash(cfg: Config) -> str:
     at its default, keeps the old runs' directories)."""
     base, d = Config().to_dict(), cfg.to_dict()
     diff = {f"{s}.{k}": v for s in ("model", "loss", "data", "optim", "run")
-            for k, v in d[s].items() if v != base[s][k] and k not in _NOT_HASHED}
+            for k, v in d[s].items() if v != base[s][k] and k not in RUN_ONLY}
     return hashlib.sha1(json.dumps(diff, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -90,7 +89,6 @@ def run_or_load(cfg: Config) -> dict:
     if (out / "summary.json").exists():
         log.info("done already: %s", out)
         return json.loads((out / "summary.json").read_text())
-    from rald_fast.train.loop import fit
 
     resume = str(out / "last.pt") if (out / "last.pt").exists() else None
     log.info("%s %s", "resuming" if resume else "training", out)

@@ -8,17 +8,16 @@ plus one confusion matrix per model (confusion_<name>.png). Every checkpoint is 
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 from rald_fast.evaluate.run import Run, load_run
 from rald_fast.experiments.common import write_json
+from rald_fast.evaluate.metrics import compute_metrics, predict_split
+from rald_fast.evaluate.reports import plot_confusion, table1_csv, table1_markdown
 
 
 def evaluate_loaded(m: Run, batch_size: int | None = None, itrr_mode: str = "batch") -> dict:
     """compute_metrics() of one checkpoint on its test split, plus images/s and the batch size."""
-    from rald_fast.evaluate.metrics import compute_metrics, predict_split
 
     batch = batch_size or m.cfg.run.eval_batch_size
     pred = predict_split(m.model, m.split, m.preprocess, batch, m.device, m.cfg.run.seed, itrr_mode)
@@ -27,16 +26,8 @@ def evaluate_loaded(m: Run, batch_size: int | None = None, itrr_mode: str = "bat
     return metrics
 
 
-def read_table1_csv(text: str) -> dict[str, dict[tuple[str, str], float]]:
-    """model -> {(level, label): accuracy}, parsed back from `reports.table1_csv`."""
-    rows = list(csv.reader(io.StringIO(text)))
-    models = rows[0][2:]
-    return {name: {(r[0], r[1]): float(r[2 + i]) for r in rows[1:]} for i, name in enumerate(models)}
-
-
 def run_compare(checkpoints: list[str], names: list[str] | None, batch_size: int | None,
                 device: str, out: Path) -> str:
-    from rald_fast.evaluate.reports import plot_confusion, table1_csv, table1_markdown
 
     if names and len(names) != len(checkpoints):
         raise ValueError(f"--names: {len(names)} names for {len(checkpoints)} checkpoints")

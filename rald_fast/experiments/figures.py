@@ -25,13 +25,16 @@ import torch
 from rald_fast.evaluate.run import Run, load_run
 from rald_fast.experiments.common import pyplot, write_json
 from rald_fast.experiments.compare import evaluate_loaded
+from rald_fast.evaluate.metrics import predict_split
+from rald_fast.evaluate.reports import plot_confusion
+from rald_fast.kernels import neighbour_targets
+from rald_fast.models.losses import relation_qk
 
 log = logging.getLogger(__name__)
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
 
 
 def _features(m: Run, batch: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
-    from rald_fast.evaluate.metrics import predict_split
 
     pred = predict_split(m.model, m.split, m.preprocess, batch, m.device, m.cfg.run.seed)
     keep = np.random.default_rng(0).permutation(len(pred["labels"]))[:limit]
@@ -103,8 +106,6 @@ def plot_tsne(models: list[Run], batch: int, limit: int, path: Path) -> dict:
 def plot_neighbours(m: Run, batch: int, queries: int, path: Path) -> list[dict]:
     """Fig. 8 for the first `queries` images of one seeded test batch, ranked and weighted by the
     run's own NNLDL relation (`--nnldl-relation`)."""
-    from rald_fast.kernels import neighbour_targets
-    from rald_fast.models.losses import relation_qk
 
     if m.model.itrr is None:
         raise ValueError(f"--rald {m.name}: the neighbours figure needs a model with ITRR")
@@ -112,7 +113,7 @@ def plot_neighbours(m: Run, batch: int, queries: int, path: Path) -> list[dict]:
     parent = tax.coarse_of_fine()
     sel = torch.randperm(len(m.split), generator=torch.Generator().manual_seed(0))[:batch]
     x = m.preprocess.normalize(m.split.images[sel].to(m.device))
-    out = m.model.forward_head(m.model.forward_features(x))
+    out = m.model.head_outputs(m.model.backbone_features(x))
     probs = out["logits"].float().softmax(-1)
     relation = m.cfg.loss.nnldl_relation
     q, k, scale = relation_qk(out, relation, m.cfg.model.scale, m.cfg.loss.nnldl_tau)
@@ -188,7 +189,6 @@ def plot_curves(models: list[Run], checkpoints: list[str], path: Path) -> None:
 
 
 def make_figures(args, out: Path) -> list[Path]:
-    from rald_fast.evaluate.reports import plot_confusion
 
     ckpts = [args.baseline, args.rald]
     models = [load_run(c, args.device, name=n) for c, n in zip(ckpts, ("baseline", "rald"))]

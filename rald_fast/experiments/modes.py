@@ -13,12 +13,12 @@ import io
 from pathlib import Path
 
 from rald_fast.experiments.common import write_json
+from rald_fast.evaluate.run import load_run
+from rald_fast.experiments.compare import evaluate_loaded
 
 
 def run_modes(checkpoint: str, batch_sizes: list[int], modes: list[str], device: str,
               out: Path) -> str:
-    from rald_fast.evaluate.run import load_run
-    from rald_fast.experiments.compare import evaluate_loaded
 
     if any(b < 1 for b in batch_sizes):
         raise ValueError(f"--batch-sizes must be >= 1, got {batch_sizes}")
@@ -60,9 +60,3 @@ def modes_csv(rows: list[dict]) -> str:
         w.writerow([r["itrr_mode"], r["batch_size"], f"{r['accuracy']:.6f}",
                     f"{r['images_per_s']:.3f}"])
     return buf.getvalue()
-
-
-def read_modes_csv(text: str) -> dict[tuple[str, int], float]:
-    """(mode, batch size) -> accuracy, parsed back from `modes_csv`."""
-    return {(r["itrr_mode"], int(r["batch_size"])): float(r["accuracy"])
-            for r in csv.DictReader(io.StringIO(text))}

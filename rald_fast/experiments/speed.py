@@ -20,14 +20,15 @@ from pathlib import Path
 import torch
 
 from rald_fast.experiments.common import write_json
+from rald_fast.config import make_config
+from rald_fast.device import resolve_device
+from rald_fast.hierarchy import load_taxonomy
+from rald_fast.models import build_model, load_model
 
 PAPER_FPS = {"a": 1942, "rald": 1291}  # RTX A4000, 224 px (Table 1)
 
 
 def _models(checkpoints: list[str], device: torch.device):
-    from rald_fast.config import make_config
-    from rald_fast.hierarchy import load_taxonomy
-    from rald_fast.models import build_model, load_model
 
     if checkpoints:
         for path in checkpoints:
@@ -62,7 +63,7 @@ def time_models(models: list, batch: int, size: int, device: torch.device, warmu
         for j, (m, t) in enumerate(zip(models, tokens)):
             _sync(device)
             t0 = time.perf_counter()
-            m.forward_head(m.forward_features(x), t)
+            m.head_outputs(m.backbone_features(x), t)
             _sync(device)
             if i >= warmup:
                 times[j].append(time.perf_counter() - t0)
@@ -70,7 +71,6 @@ def time_models(models: list, batch: int, size: int, device: torch.device, warmu
 
 
 def run_fps(args) -> list[dict]:
-    from rald_fast.train.loop import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -110,12 +110,6 @@ def fps_csv(rows: list[dict]) -> str:
         w.writerow([r["model"], r["variant"], r["image_size"], r["batch_size"],
                     f"{r['images_per_s']:.3f}", r["device"]])
     return buf.getvalue()
-
-
-def read_fps_csv(text: str) -> dict[tuple[str, int], float]:
-    """(model, image size) -> images/s, parsed back from `fps_csv`."""
-    return {(r["model"], int(r["image_size"])): float(r["images_per_s"])
-            for r in csv.DictReader(io.StringIO(text))}
 
 
 def write_fps(rows: list[dict], out: Path) -> None:

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rald_fast.experiments.common import fmt_pct, mean_std, plan_run, pyplot, run_or_load, seeds_of, write_json
+from rald_fast.config import Config
 
 # ITRR's relation exactly as printed (eqs. 3-5, 18-19): every switch of SPEC 3.1 off
 PRINTED = dict(itrr_qk_norm=False, itrr_tied_init=False, itrr_temperature_cap=0.0, relation_lr_mult=-1.0,
@@ -95,7 +96,6 @@ def _fresh(cells: list[Cell]) -> list[Cell]:
 # --- training ----------------------------------------------------------------------------------
 def _train(cfg_dict: dict) -> dict:
     """Worker: train (or load) one run from its config dict (picklable for process pools)."""
-    from rald_fast.config import Config
 
     return run_or_load(Config.from_dict(cfg_dict))
 

@@ -51,14 +51,6 @@ def sweep_csv(points: list[dict], key: str) -> str:
     return buf.getvalue()
 
 
-def read_sweep_csv(text: str, key: str) -> dict[tuple[str, float], list[float]]:
-    """(variant, swept value) -> accuracies over seeds, parsed back from `sweep_csv`."""
-    out: dict[tuple[str, float], list[float]] = {}
-    for row in csv.DictReader(io.StringIO(text)):
-        out.setdefault((row["variant"], float(row[key])), []).append(float(row["accuracy"]))
-    return out
-
-
 def ksweep_markdown(points: list[dict]) -> str:
     lines = ["| k | " + " | ".join(str(p["k"]) for p in points) + " |",
              "| --- | " + " | ".join("---:" for _ in points) + " |",

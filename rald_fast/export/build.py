@@ -24,21 +24,25 @@ and cosine similarity. Exit status 1 when an artifact misses its tolerance.
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from rald_fast.checkpoint import atomic_write_text, to_json
-from rald_fast.cli import add_device_option, output_dir, setup_logging
+from rald_fast.artifacts import OUTPUT_NAMES, ArtifactError, build_metadata, write_sidecar
+from rald_fast.cli import add_device_option, output_dir, run_cli, setup_logging
 from rald_fast.device import resolve_device
 from rald_fast.export import tensorrt as trt_export
-from rald_fast.artifacts import OUTPUT_NAMES, ArtifactError, build_metadata, write_sidecar
 from rald_fast.export.formats import at_precision, compare, export_onnx, export_pt2
 from rald_fast.export.opencv import run_opencv
 from rald_fast.export.torchscript import export_torchscript, load_torchscript
+from rald_fast.files import atomic_write_text, to_json
 
 log = logging.getLogger(__name__)
 FORMATS = ("onnx", "pt2", "ts", "trt")
@@ -110,97 +114,146 @@ def summary_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class Built:
+    """One built artifact: its label in the summary, file, metadata (the sidecar beside it, None when
+    an earlier row of the same file wrote it), how to run it (float32 images -> (logits, probs) on the
+    CPU) and at which precision it is checked. `soft`: a failure to run is a note, not an error."""
+
+    label: str
+    path: Path
+    meta: dict | None
+    run: Callable
+    precision: str
+    hashed: bool = False
+    soft: bool = False
+
+
+@dataclass
+class ExportJob:
+    """What every format builder needs: the model folded once, the metadata, where and how to build."""
+
+    folded: nn.Module
+    meta: dict
+    out: Path
+    name: str
+    precision: str
+    device: str
+    opt_batch: int
+    max_batch: int
+    notes: list[str] = field(default_factory=list)
+    onnx_path: Path | None = None
+
+    def model_at_precision(self) -> nn.Module:
+        """A copy of the folded model in --precision (the cast changes the module it is given)."""
+        return at_precision(copy.deepcopy(self.folded), self.precision)
+
+
+def build_onnx(job: ExportJob) -> list[Built]:
+    import onnxruntime as ort
+
+    path = export_onnx(job.folded, job.out / f"{job.name}.onnx", job.meta, job.max_batch)
+    job.onnx_path = path
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def opencv(x):  # OpenCV DNN, in a child process (its importer can crash instead of raising)
+        got = run_opencv(path, x.numpy())
+        return [got[k] for k in OUTPUT_NAMES]
+    return [Built("onnx (ONNX Runtime, fp32)", path, job.meta, lambda x: session.run(None, {"images": x.numpy()}),
+                  "fp32"),
+            Built("onnx (OpenCV DNN, fp32)", path, None, opencv, "fp32", soft=True)]
+
+
+def build_pt2(job: ExportJob) -> list[Built]:
+    meta = dict(job.meta, precision=job.precision)
+    path = export_pt2(job.model_at_precision(), job.out / f"{job.name}.pt2", meta, job.max_batch, job.device)
+    package = torch._inductor.aoti_load_package(str(path))
+    return [Built(f"pt2 (AOTInductor {job.device}, {job.precision})", path, meta,
+                  lambda x: [t.cpu() for t in package(x.to(job.device))], job.precision)]
+
+
+def build_ts(job: ExportJob) -> list[Built]:
+    meta = dict(job.meta, precision=job.precision, device=job.device)
+    path = export_torchscript(job.model_at_precision(), job.out / f"{job.name}.ts", meta, job.max_batch,
+                              job.device)
+    module, _ = load_torchscript(path, job.device)
+    return [Built(f"ts (TorchScript {job.device}, {job.precision})", path, meta,
+                  lambda x: [t.cpu() for t in module(x.to(job.device))], job.precision)]
+
+
+def build_trt(job: ExportJob) -> list[Built]:
+    gap = trt_export.missing()
+    if gap:
+        job.notes.append(f"TensorRT artifacts not built: {gap}")
+        log.warning("%s", job.notes[-1])
+        return []
+    shapes = (1, job.opt_batch, job.max_batch)
+    built = build_onnx(job) if job.onnx_path is None else []  # the engine is built from the ONNX file
+    ep_meta = dict(job.meta, precision=job.precision, backend="torch_tensorrt")
+    for path in trt_export.build_torch_tensorrt(job.model_at_precision(), job.out, job.name, ep_meta,
+                                                job.precision, shapes):
+        run = None
+        if path.suffix == ".ep":
+            module = torch.export.load(str(path)).module()
+            run = lambda x, m=module: [t.cpu() for t in m(x.cuda())]  # noqa: E731
+        built.append(Built(f"Torch-TensorRT ({job.precision})", path, ep_meta, run, job.precision))
+    engine = trt_export.build_engine_from_onnx(job.onnx_path, job.out / f"{job.name}.engine", job.meta, job.precision,
+                                               shapes)
+    runner = trt_export.EngineRunner(engine)
+    built.append(Built(f"TensorRT engine ({job.precision})", engine,
+                       trt_export.engine_metadata(job.meta, job.precision, job.max_batch),
+                       lambda x: [runner(x)[k].cpu() for k in OUTPUT_NAMES], job.precision, hashed=True))
+    return built
+
+
+# adding a format: a builder here (it returns what it built and how to run it) and its name in FORMATS
+BUILDERS = {"onnx": build_onnx, "pt2": build_pt2, "ts": build_ts, "trt": build_trt}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
-    from rald_fast.models import load_model
-    from rald_fast.models.folded import fold
-
     formats = parse_formats(args.formats)
     if not 1 <= args.opt_batch <= args.max_batch:
         raise ArtifactError(f"--opt-batch {args.opt_batch} must lie in 1..--max-batch {args.max_batch}")
-    loaded = load_model(args.checkpoint)
-    model, cfg, taxonomy, preprocess = loaded.model, loaded.cfg, loaded.taxonomy, loaded.preprocess
-    folded = fold(model, preprocess, args.itrr_mode).eval()
     out = output_dir(args.out if args.out else Path(args.checkpoint).parent / "export")
-    meta = build_metadata(cfg, taxonomy, preprocess, folded.itrr_mode, args.checkpoint, trained_on=loaded.provenance)
+    from rald_fast.models import load_model  # the model code only past --help (docs/ARCHITECTURE.md)
+    from rald_fast.models.folded import fold
+
+    loaded = load_model(args.checkpoint)
+    folded = fold(loaded.model, loaded.preprocess, args.itrr_mode).eval()
+    meta = build_metadata(loaded.cfg, loaded.taxonomy, loaded.preprocess, folded.itrr_mode, args.checkpoint,
+                          trained_on=loaded.provenance)
     meta["max_batch"] = args.max_batch
-    s = preprocess.image_size
+    job = ExportJob(folded, meta, out, args.name, args.precision, resolve_device(args.device).type,
+                    args.opt_batch, args.max_batch)
+    s = loaded.preprocess.image_size
     gen = torch.Generator().manual_seed(0)
-    sizes = sorted({1, args.opt_batch, args.max_batch})
-    batches = {n: torch.randint(0, 256, (n, 3, s, s), generator=gen).float() for n in sizes}
+    batches = {n: torch.randint(0, 256, (n, 3, s, s), generator=gen).float()
+               for n in sorted({1, args.opt_batch, args.max_batch})}
     with torch.no_grad():
         reference = {n: folded(x) for n, x in batches.items()}
-    device = resolve_device(args.device).type
-    rows, notes = [], []
-    t0 = time.perf_counter()
-    if "onnx" in formats or "trt" in formats:
-        onnx_path = export_onnx(folded, out / f"{args.name}.onnx", meta, args.max_batch)
-        write_sidecar(onnx_path, meta)
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-        rows += check_artifact("onnx (ONNX Runtime, fp32)", onnx_path,
-                               lambda x: session.run(None, {"images": x.numpy()}), reference, batches, "fp32")
-        log.info("onnx: %s (%.0f s)", onnx_path, time.perf_counter() - t0)
-
-        def opencv(x):
-            out = run_opencv(onnx_path, x.numpy())
-            return [out[k] for k in OUTPUT_NAMES]
-        try:  # OpenCV DNN, in a child process (its importer can crash instead of raising)
-            rows += check_artifact("onnx (OpenCV DNN, fp32)", onnx_path, opencv, reference, batches, "fp32")
-        except ArtifactError as e:
-            notes.append(f"OpenCV DNN check not passed: {e}")
-            log.warning("%s", notes[-1])
-    if "pt2" in formats:
-        pt2_meta = dict(meta, precision=args.precision)
-        pt2_path = export_pt2(at_precision(fold(model, preprocess, args.itrr_mode), args.precision),
-                              out / f"{args.name}.pt2", pt2_meta, args.max_batch, device)
-        write_sidecar(pt2_path, pt2_meta)
-        package = torch._inductor.aoti_load_package(str(pt2_path))
-        with torch.no_grad():
-            rows += check_artifact(f"pt2 (AOTInductor {device}, {args.precision})", pt2_path,
-                                   lambda x: [t.cpu() for t in package(x.to(device))], reference, batches,
-                                   args.precision)
-        log.info("pt2: %s (%.0f s)", pt2_path, time.perf_counter() - t0)
-    if "ts" in formats:
-        ts_meta = dict(meta, precision=args.precision, device=device)
-        ts_path = export_torchscript(at_precision(fold(model, preprocess, args.itrr_mode), args.precision),
-                                     out / f"{args.name}.ts", ts_meta, args.max_batch, device)
-        write_sidecar(ts_path, ts_meta)
-        module, _ = load_torchscript(ts_path, device)
-        with torch.no_grad():
-            rows += check_artifact(f"ts (TorchScript {device}, {args.precision})", ts_path,
-                                   lambda x: [t.cpu() for t in module(x.to(device))], reference, batches,
-                                   args.precision)
-        log.info("ts: %s (%.0f s)", ts_path, time.perf_counter() - t0)
-    if "trt" in formats:
-        gap = trt_export.missing()
-        if gap:
-            notes.append(f"TensorRT artifacts not built: {gap}")
-            log.warning("%s", notes[-1])
-        else:
-            shapes = (1, args.opt_batch, args.max_batch)
-            trt_meta = dict(meta, precision=args.precision)
-            for path in trt_export.build_torch_tensorrt(fold(model, preprocess, args.itrr_mode), out, args.name,
-                                                        trt_meta, args.precision, shapes):
-                if path.suffix == ".ep":
-                    module = torch.export.load(str(path)).module()
-                    with torch.no_grad():
-                        rows += check_artifact(f"Torch-TensorRT ({args.precision})", path,
-                                               lambda x, m=module: [t.cpu() for t in m(x.cuda())], reference,
-                                               batches, args.precision)
-            engine = trt_export.build_engine_from_onnx(onnx_path, out / f"{args.name}.engine", trt_meta,
-                                                       args.precision, shapes)
-            runner = trt_export.EngineRunner(engine)
-            rows += check_artifact(f"TensorRT engine ({args.precision})", engine,
-                                   lambda x: [runner(x)[k].cpu() for k in ("logits", "probs")], reference,
-                                   batches, args.precision)
+    rows, t0 = [], time.perf_counter()
+    for fmt in [f for f in FORMATS if f in formats]:  # ONNX first: the TensorRT engine is built from it
+        for built in BUILDERS[fmt](job):
+            if built.meta is not None:
+                write_sidecar(built.path, built.meta, with_hash=built.hashed)
+            if built.run is None:
+                continue
+            try:
+                with torch.no_grad():
+                    rows += check_artifact(built.label, built.path, built.run, reference, batches, built.precision)
+            except ArtifactError as e:
+                if not built.soft:
+                    raise
+                job.notes.append(f"{built.label} check not passed: {e}")
+                log.warning("%s", job.notes[-1])
+            log.info("%s: %s (%.0f s)", built.label, built.path, time.perf_counter() - t0)
     table = summary_table(rows)
-    atomic_write_text(out / "summary.json", to_json({"rows": rows, "notes": notes, "metadata": meta}, indent=2))
-    (out / "summary.md").write_text(table + "\n" + "".join(f"\n{n}\n" for n in notes))
+    atomic_write_text(out / "summary.json", to_json({"rows": rows, "notes": job.notes, "metadata": meta}, indent=2))
+    atomic_write_text(out / "summary.md", table + "\n" + "".join(f"\n{n}\n" for n in job.notes))
     print(table)
-    for n in notes:
+    for n in job.notes:
         print(n)
     print(f"ITRR mode {folded.itrr_mode}; wrote {out}/ (summary.md, summary.json)")
     return 0 if all(r["ok"] for r in rows) else 1
@@ -208,6 +261,5 @@ def main(argv: list[str] | None = None) -> int:
 
 def cli() -> int:
     """Console-script entry point: `main` with user errors reported as one line (exit 2)."""
-    from rald_fast.cli import run_cli
 
     return run_cli(main)

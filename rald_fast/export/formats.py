@@ -16,7 +16,6 @@ the graph stays plain opset-18 ONNX and ONNX Runtime (which checks every build) 
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 
 from rald_fast.artifacts import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, ArtifactError
+from rald_fast.files import atomic_path
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -47,10 +47,6 @@ def at_precision(folded: nn.Module, precision: str) -> nn.Module:
     return folded if precision == "fp32" else CastWrapper(folded, DTYPES[precision])
 
 
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-
 def export_onnx(folded: nn.Module, path: str | Path, meta: dict, max_batch: int,
                 opset: int = 18) -> Path:
     """ONNX file with input `images` (batch, 3, S, S) and outputs `logits`, `probs`; metadata inside."""
@@ -59,8 +55,7 @@ def export_onnx(folded: nn.Module, path: str | Path, meta: dict, max_batch: int,
     path, s = Path(path), meta["preprocess"]["image_size"]
     example = torch.rand(2, 3, s, s) * 255
     batch = torch.export.Dim("batch", min=1, max=max_batch)
-    tmp = _tmp(path)
-    try:
+    with atomic_path(path) as tmp:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(folded.eval(), (example,), str(tmp), input_names=[INPUT_NAME],
@@ -75,9 +70,6 @@ def export_onnx(folded: nn.Module, path: str | Path, meta: dict, max_batch: int,
         model.doc_string = (f"rald_fast {meta['variant']} ({len(meta['taxonomy']['fine'])} fine labels), "
                             f"ITRR mode {meta['itrr_mode']}; input float32 RGB NCHW 0..255")
         onnx.save(model, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -122,16 +114,10 @@ def export_pt2(folded: nn.Module, path: str | Path, meta: dict, max_batch: int,
     folded = folded.eval().to(device)
     example = torch.rand(2, 3, s, s, device=device) * 255
     batch = torch.export.Dim("batch", min=1, max=max_batch)
-    tmp = _tmp(path).with_suffix(".pt2")  # the packager wants the .pt2 extension
-    try:
-        with torch.no_grad():
-            program = torch.export.export(folded, (example,), dynamic_shapes={INPUT_NAME: {0: batch}})
-            torch._inductor.aoti_compile_and_package(
-                program, package_path=str(tmp),
-                inductor_configs={"aot_inductor.metadata": flat_metadata(meta)})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path, suffix=".pt2") as tmp, torch.no_grad():  # the packager wants the .pt2 extension
+        program = torch.export.export(folded, (example,), dynamic_shapes={INPUT_NAME: {0: batch}})
+        torch._inductor.aoti_compile_and_package(
+            program, package_path=str(tmp), inductor_configs={"aot_inductor.metadata": flat_metadata(meta)})
     return path
 
 

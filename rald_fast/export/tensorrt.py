@@ -15,14 +15,14 @@ Tests: tests/test_tensorrt_fake.py, against fake `tensorrt` / `torch_tensorrt` m
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from rald_fast.artifacts import INPUT_NAME, ArtifactError, write_sidecar
+from rald_fast.artifacts import INPUT_NAME, ArtifactError
+from rald_fast.files import atomic_write
 
 INSTALL_HINT = ("install TensorRT 10 and Torch-TensorRT built for your torch and CUDA, e.g. "
                 "`pip install tensorrt torch-tensorrt` on a machine with an NVIDIA GPU and driver "
@@ -44,7 +44,8 @@ def missing(need_torch_tensorrt: bool = True) -> str | None:
 def build_torch_tensorrt(folded: nn.Module, out_dir: Path, stem: str, meta: dict, precision: str,
                          shapes: tuple[int, int, int]) -> list[Path]:
     """Torch-TensorRT compile (ir="dynamo", dynamic batch min/opt/max), saved twice: an
-    ExportedProgram for Python (`<stem>_trt.ep`) and an AOTInductor package for C++ (`<stem>_trt.pt2`)."""
+    ExportedProgram for Python (`<stem>_trt.ep`) and an AOTInductor package for C++ (`<stem>_trt.pt2`);
+    the caller writes their sidecars (rald_fast/export/build.py)."""
     import torch_tensorrt
 
     s = meta["preprocess"]["image_size"]
@@ -62,7 +63,6 @@ def build_torch_tensorrt(folded: nn.Module, out_dir: Path, stem: str, meta: dict
         path = out_dir / f"{stem}{suffix}"
         torch_tensorrt.save(trt_module, str(path), output_format=fmt,
                             **save_arguments(torch_tensorrt.save, example, lo, hi))
-        write_sidecar(path, dict(meta, precision=precision, backend="torch_tensorrt"))
         written.append(path)
     return written
 
@@ -96,7 +96,8 @@ def precision_flag(trt, precision: str):
 
 def build_engine_from_onnx(onnx_path: Path, engine_path: Path, meta: dict, precision: str,
                            shapes: tuple[int, int, int], workspace_gib: float = 4.0) -> Path:
-    """A serialized TensorRT engine (`.engine`) from the ONNX file, one optimisation profile."""
+    """A serialized TensorRT engine (`.engine`) from the ONNX file, one optimisation profile; its sidecar
+    (`engine_metadata`, with the engine's hash) is the caller's."""
     import tensorrt as trt
 
     flag = precision_flag(trt, precision)  # before any build work: an unsupported TensorRT says so now
@@ -118,16 +119,16 @@ def build_engine_from_onnx(onnx_path: Path, engine_path: Path, meta: dict, preci
     blob = builder.build_serialized_network(network, config)
     if blob is None:
         raise ArtifactError(f"{onnx_path}: TensorRT could not build an engine (see its log above)")
-    tmp = engine_path.with_name(f".{engine_path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(bytes(blob))
-        os.replace(tmp, engine_path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    write_sidecar(engine_path, dict(meta, precision=precision, backend="tensorrt",
-                                    tensorrt=trt.__version__, max_batch=shapes[2],
-                                    gpu=torch.cuda.get_device_name()), with_hash=True)
+    atomic_write(engine_path, lambda f: f.write(bytes(blob)))
     return engine_path
+
+
+def engine_metadata(meta: dict, precision: str, max_batch: int) -> dict:
+    """A TensorRT engine's sidecar: it is specific to the TensorRT version and GPU that built it."""
+    import tensorrt as trt
+
+    return dict(meta, precision=precision, backend="tensorrt", tensorrt=trt.__version__, max_batch=max_batch,
+                gpu=torch.cuda.get_device_name())
 
 
 class EngineRunner:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -23,7 +22,8 @@ import torch
 from torch import nn
 
 from rald_fast.artifacts import METADATA_KEY, ArtifactError, check_metadata
-from rald_fast.export.formats import _tmp, flat_metadata
+from rald_fast.export.formats import flat_metadata
+from rald_fast.files import atomic_path
 
 
 @contextlib.contextmanager
@@ -43,14 +43,9 @@ def export_torchscript(folded: nn.Module, path: str | Path, meta: dict, max_batc
     gen = torch.Generator().manual_seed(0)
     example = (torch.rand(2, 3, s, s, generator=gen) * 255).to(device)
     other = (torch.rand(min(3, max_batch), 3, s, s, generator=gen) * 255).to(device)
-    tmp = _tmp(path)
-    try:
-        with _quiet_jit(), torch.no_grad():
-            traced = torch.jit.trace(folded, (example,), check_inputs=[(other,)], check_tolerance=1e-4)
-            torch.jit.save(traced, str(tmp), _extra_files=flat_metadata(meta))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, _quiet_jit(), torch.no_grad():
+        traced = torch.jit.trace(folded, (example,), check_inputs=[(other,)], check_tolerance=1e-4)
+        torch.jit.save(traced, str(tmp), _extra_files=flat_metadata(meta))
     return path
 
 

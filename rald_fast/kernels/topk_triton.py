@@ -49,7 +49,6 @@ from ._runtime import MAX_TOPK, dot_precision, jit, next_pow2, num_sms, tile
 LOG2E = 1.4426950408889634  # log2(e): the kernels' softmax is in base 2 (exp2), lse in natural log
 MAX_HEAD_DIM = 256  # q and k tiles of BLOCK_M x D in registers; wider heads take the reference
 
-_BIG_INDEX = 2**31 - 1  # index of an empty slot: the worst under the lower-index tie-break
 
 
 @jit

@@ -11,6 +11,9 @@ from rald_fast.hierarchy import Taxonomy
 from rald_fast.models.losses import NeighbourMemory, nnldl_loss, rald_loss
 from rald_fast.models.rald import RALD
 from rald_fast.preprocess import Preprocess
+from rald_fast.checkpoint import load_checkpoint
+from rald_fast.errors import CheckpointError
+from rald_fast.semantics import label_vectors
 
 __all__ = ["RALD", "NeighbourMemory", "TrainedModel", "build_model", "load_model", "nnldl_loss", "rald_loss"]
 
@@ -19,7 +22,6 @@ def build_model(cfg: Config, taxonomy: Taxonomy) -> RALD:
     """A RALD for `taxonomy`; label vectors (F_s) are read only when LGIFO needs them."""
     vectors = None
     if cfg.model.lgifo:
-        from rald_fast.semantics import label_vectors
 
         vectors = torch.from_numpy(label_vectors(taxonomy.node_names, taxonomy.node_kinds,
                                                  taxonomy.children(), cfg.model.label_vectors))
@@ -44,8 +46,6 @@ def load_model(path, device="cpu", option: str = "--checkpoint") -> TrainedModel
     The label vectors are a buffer of the checkpoint, so no word-vector file is read; so is ITRR's
     reference bank (`model.has_reference_bank`, `model.reference_bank()`).
     """
-    from rald_fast.checkpoint import load_checkpoint
-    from rald_fast.errors import CheckpointError
 
     ckpt = load_checkpoint(path, option)
     cfg = Config.from_dict(ckpt.config)

@@ -10,7 +10,7 @@ The folded module takes what a service has at hand, float32 RGB images (N, 3, S,
 mean/std (`rald_fast.preprocess.normalize`, so no consumer can drift from training), and returns
 (logits, probs) over the fine labels.
 
-ITRR mode (see `RALD.forward_head`): `bank` (attend to the stored reference bank plus itself) and
+ITRR mode (see `RALD.head_outputs`): `bank` (attend to the stored reference bank plus itself) and
 `self` (itself only) give every image the same output whatever its batch; `batch` is the paper's.
 """
 
@@ -88,7 +88,7 @@ class FoldedRALD(nn.Module):
             return self.itrr.forward_fixed_context(x, self.bank_k, self.bank_v)
         return self.itrr.forward_fixed_context(x)                              # `self`
 
-    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+    def head_input(self, images: torch.Tensor) -> torch.Tensor:
         """F^ (N, D): the features the head reads."""
         x = self.backbone(normalize(images, self.pixel_mean, self.pixel_std))  # F (N, D)
         if self.itrr is not None:
@@ -98,7 +98,7 @@ class FoldedRALD(nn.Module):
         return x
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.head(self.forward_features(images))
+        logits = self.head(self.head_input(images))
         return logits, logits.softmax(-1)
 
 

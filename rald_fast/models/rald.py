@@ -100,11 +100,11 @@ class RALD(nn.Module):
         return self.hlrr(h, bias_table=self.bias_table, xi=self.xi)            # (C, D)
 
     # --- the image branch -----------------------------------------------------------------------
-    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+    def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
         """F (N, 512), eq. (1)."""
         return self.backbone(images)
 
-    def forward_head(self, feats: torch.Tensor, label_tokens: torch.Tensor | None = None,
+    def head_outputs(self, feats: torch.Tensor, label_tokens: torch.Tensor | None = None,
                      itrr_mode: str = "batch") -> dict:
         """ITRR -> LGIFO -> fine logits from backbone features F (N, D).
 
@@ -132,7 +132,7 @@ class RALD(nn.Module):
         return out
 
     def forward(self, images: torch.Tensor) -> dict:
-        return self.forward_head(self.forward_features(images))
+        return self.head_outputs(self.backbone_features(images))
 
     def param_groups(self, lr: float, attn_lr_mult: float = 1.0, relation_lr_mult: float = -1.0) -> list[dict]:
         """SGD parameter groups, named. `shared`: what a bare ResNet18 has too (backbone, fine head),
@@ -159,9 +159,3 @@ class RALD(nn.Module):
              "params": [temperature] if temperature is not None else []},
         ]
         return [g for g in groups if g["params"]]
-
-    def has_module(self, name: str) -> bool:
-        """Which of itrr / hlrr / lgifo / hierarchy_bias this instance really has."""
-        if name == "hierarchy_bias":
-            return getattr(self, "bias_table", None) is not None
-        return getattr(self, name, None) is not None

@@ -7,23 +7,16 @@
 
 - `predictor`: `Predictor`, one API over every artifact (not to be confused
   with a serialized TensorRT engine, which is one of the artifacts it loads).
-- `faces`: face detection (OpenCV's bundled Haar cascade), square crops, drawing.
-- `pipeline`: detect -> crop -> batched prediction over many photos and frames, and the output rows.
+- `faces`: face detection (OpenCV's bundled Haar cascade) and square crops; `drawing`: the answers
+  drawn on a photo.
+- `pipeline`: detect -> crop -> batched prediction over many photos and frames (`predict_faces` for
+  one photo), and the output rows.
 - `media`: listing and reading the inputs (photos, folders, video) and writing annotated video.
 """
 
 from __future__ import annotations
 
+from rald_fast.predict.pipeline import predict_faces
+from rald_fast.predict.predictor import Predictions, Predictor
+
 __all__ = ["Predictions", "Predictor", "predict_faces"]
-
-
-def __getattr__(name: str):
-    if name in ("Predictor", "Predictions"):
-        from rald_fast.predict import predictor
-
-        return getattr(predictor, name)
-    if name == "predict_faces":
-        from rald_fast.predict.faces import predict_faces
-
-        return predict_faces
-    raise AttributeError(f"module 'rald_fast.predict' has no attribute {name!r}")

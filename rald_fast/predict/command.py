@@ -23,9 +23,16 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from rald_fast.cli import add_device_option
-from rald_fast.predict.faces import DEFAULT_MARGIN, DEFAULT_MIN_FACE
+from tqdm import tqdm
+
 from rald_fast.artifacts import KINDS
+from rald_fast.cli import add_device_option, run_cli
+from rald_fast.errors import MediaError
+from rald_fast.predict.drawing import draw_faces
+from rald_fast.predict.faces import DEFAULT_MARGIN, DEFAULT_MIN_FACE, HaarFaceDetector
+from rald_fast.predict.media import VideoReader, VideoSink, list_inputs, read_image, write_image
+from rald_fast.predict.pipeline import FacePipeline, RowWriter, face_rows
+from rald_fast.predict.predictor import Predictor
 from rald_fast.preprocess import MAX_PIXELS
 
 
@@ -101,8 +108,6 @@ class PredictRun:
     """One run of the command: inputs in, rows (and drawn copies) out, failures counted."""
 
     def __init__(self, args, predictor, writer, annotator: Annotator | None):
-        from rald_fast.predict.pipeline import FacePipeline
-        from rald_fast.predict.faces import HaarFaceDetector
 
         detector = None if args.no_detect else HaarFaceDetector(min_face=args.min_face)
         self.args, self.writer, self.annotator = args, writer, annotator
@@ -114,9 +119,6 @@ class PredictRun:
         self.no_bar = True if args.no_progress else None  # None: bars on a terminal only
 
     def emit(self, frame) -> None:
-        from rald_fast.predict.pipeline import face_rows
-        from rald_fast.predict.faces import draw_faces
-        from rald_fast.predict.media import VideoSink, write_image
 
         t0 = time.perf_counter()
         for row in face_rows(frame):
@@ -130,7 +132,6 @@ class PredictRun:
         self.pipe.seconds["write"] += time.perf_counter() - t0
 
     def fail(self, source: str, message: str) -> None:
-        from rald_fast.predict.media import MediaError
 
         if self.args.strict:
             self.pipe.flush()  # the rows of the inputs before this one are written, then the run stops
@@ -140,8 +141,6 @@ class PredictRun:
         self.pipe.add_error(source, message)
 
     def run(self, inputs) -> None:
-        from tqdm import tqdm
-
         for item in tqdm(inputs, desc="inputs", unit="file",
                          disable=True if len(inputs) < 2 else self.no_bar):
             if item.kind == "missing":
@@ -153,7 +152,6 @@ class PredictRun:
         self.pipe.flush()
 
     def run_image(self, item) -> None:
-        from rald_fast.predict.media import MediaError, read_image
 
         t0 = time.perf_counter()
         try:
@@ -166,9 +164,6 @@ class PredictRun:
         self.counts["photos"] += 1
 
     def run_video(self, item) -> None:
-        from tqdm import tqdm
-
-        from rald_fast.predict.media import MediaError, VideoReader, VideoSink
 
         every = self.args.every
         try:
@@ -203,9 +198,6 @@ class PredictRun:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_args(args)
-    from rald_fast.predict.predictor import Predictor
-    from rald_fast.predict.pipeline import RowWriter
-    from rald_fast.predict.media import list_inputs
 
     predictor = Predictor.load(args.model, device=args.device, backend=args.backend)
     note = predictor.provenance_note()
@@ -230,6 +222,5 @@ def main(argv: list[str] | None = None) -> int:
 
 def cli() -> int:
     """Console-script entry point: `main` with user errors reported as one line (exit 2)."""
-    from rald_fast.cli import run_cli
 
     return run_cli(main)

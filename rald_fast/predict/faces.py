@@ -1,4 +1,5 @@
-"""Faces in photos: detect every face, crop it square with a margin, predict, draw the answers.
+"""Faces in photos: detect every face and crop it square with a margin (the pipeline predicts them,
+drawing.py draws the answers).
 
 Detection uses OpenCV's Viola-Jones frontal-face cascade, whose model file ships inside the
 opencv-python(-headless) 4.x wheel (`cv2.data.haarcascades`), so nothing is downloaded at run time
@@ -7,8 +8,9 @@ every side, made square around the box centre; the part outside the photo is fil
 the border pixels, so the face stays centred as in aligned datasets (RAF-DB "aligned"). It is then
 resized by `rald_fast.preprocess.resize_square`, the resize training uses.
 
-`predict_faces(predictor, image)` is the Python API of `python -m rald_fast.predict`; both run the
-predictor's batch-independent `Predictor.predict`, so a face's answer does not depend on the others.
+`rald_fast.predict.pipeline.predict_faces(predictor, image)` is the Python API of
+`python -m rald_fast.predict`; both run the predictor's batch-independent `Predictor.predict`, so a
+face's answer does not depend on the others.
 """
 
 from __future__ import annotations
@@ -16,12 +18,11 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from rald_fast.preprocess import as_rgb_array, resize_square
+from rald_fast.preprocess import resize_square
 
 DEFAULT_MARGIN = 0.2   # fraction of the face box side added on each side
 DEFAULT_MIN_FACE = 24  # smallest face side in pixels (the cascade's own window is 24 px)
@@ -184,87 +185,4 @@ def to_results(predictions, boxes: list[Box], taxonomy, topk: int = 3) -> list[F
         valence = predictions.valence[i] if predictions.valence is not None else None
         out.append(FaceResult(box, fine, float(probs.max()), coarse, coarse_prob, valence or None,
                               [(str(k), float(p)) for k, p in top[i]], probs))
-    return out
-
-
-def load_image(source) -> np.ndarray:
-    """(H, W, 3) uint8 RGB from a path (decoded as training decodes), a PIL image or an array."""
-    if isinstance(source, (str, Path)):
-        from rald_fast.predict.media import read_image
-
-        return read_image(Path(source))
-    return as_rgb_array(source)
-
-
-def predict_faces(predictor, image, detector=None, margin: float = DEFAULT_MARGIN,
-                  min_face: int = DEFAULT_MIN_FACE, detect: bool = True, topk: int = 3,
-                  batch_size: int = 64) -> list[FaceResult]:
-    """Every face in `image` with its fine label, coarse group, valence and top-k probabilities.
-
-    Args:
-        predictor: a `rald_fast.predict.Predictor`.
-        image: (H, W, 3) uint8 RGB array, a PIL image or an image path.
-        detector: a callable image -> list[Box]; default the bundled Haar cascade.
-        margin: fraction of the face box side added on each side before the square crop.
-        min_face: smallest face side in pixels (for the default detector).
-        detect: False treats the whole image as one aligned face crop, resized whole (no margin,
-            no padding) as the training images are.
-        topk: how many (label, probability) pairs each result keeps.
-        batch_size: faces per predictor call (capped by `predictor.max_batch`).
-
-    Returns:
-        One FaceResult per face, left to right; an empty list when no face is found.
-    """
-    from rald_fast.predict.pipeline import FacePipeline
-
-    done = []
-    pipe = FacePipeline(predictor, done.append, (detector or default_detector(min_face)) if detect else None,
-                        margin, topk, batch_size)
-    pipe.add("image", 0, load_image(image))
-    pipe.flush()
-    return done[0].results
-
-
-# --- drawing ----------------------------------------------------------------------------------
-VALENCE_COLOURS = {"pleasant": (60, 200, 90), "unpleasant": (230, 70, 60)}  # RGB
-OTHER_COLOUR = (250, 200, 40)
-
-
-def face_label(r: FaceResult) -> str:
-    text = f"{r.fine} {r.fine_prob:.2f}"
-    return f"{text} | {r.coarse}" if r.coarse and r.coarse != r.fine else text
-
-
-def draw_faces(image: np.ndarray, results: list[FaceResult], banner: str | None = None) -> np.ndarray:
-    """A copy of RGB `image` with each face's box and label drawn, coloured by valence.
-
-    Text size follows the image size, so labels read the same on every face; a label goes above
-    its box, or inside the box's top edge when there is no room above. `banner` (for example
-    "model trained on synthetic faces only") is written across the bottom of the image.
-    """
-    cv2 = _cv2()
-    out = np.ascontiguousarray(image.copy())
-    h, w = out.shape[:2]
-    scale = float(np.clip(max(h, w) / 1000, 0.4, 2.0))
-    thick = max(1, round(scale * 1.5))
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    for r in results:  # every box first, so no box is drawn over a label
-        x, y, bw, bh = r.box
-        colour = VALENCE_COLOURS.get(r.valence or "", OTHER_COLOUR)
-        cv2.rectangle(out, (x, y), (x + bw - 1, y + bh - 1), colour, thick)
-    for r in results:
-        x, y, bw, bh = r.box
-        colour = VALENCE_COLOURS.get(r.valence or "", OTHER_COLOUR)
-        text = face_label(r)
-        (tw, th), base = cv2.getTextSize(text, font, scale, max(1, thick - 1))
-        ty = y - base - 2 if y - th - base - 2 >= 0 else y + th + 2
-        tx = min(max(x, 0), max(w - tw, 0))
-        cv2.rectangle(out, (tx, ty - th - 2), (tx + tw, ty + base), colour, -1)
-        cv2.putText(out, text, (tx, ty), font, scale, (0, 0, 0), max(1, thick - 1), cv2.LINE_AA)
-    if banner:
-        (tw, th), base = cv2.getTextSize(banner, font, scale, max(1, thick - 1))
-        fit = min(scale, scale * (w - 4) / max(tw, 1))  # shrink a long banner to the image width
-        (tw, th), base = cv2.getTextSize(banner, font, fit, 1)
-        cv2.rectangle(out, (0, h - th - base - 4), (w - 1, h - 1), (0, 0, 0), -1)
-        cv2.putText(out, banner, (2, h - base - 2), font, fit, (255, 255, 255), 1, cv2.LINE_AA)
     return out

@@ -6,8 +6,8 @@ predictor's batch throughput instead of batch 1. Frames come out in the order th
 that failed, or a frame without a face, keeps its place), each with its `FaceResult`s. Answers do
 not depend on the batch they were computed in: `Predictor.predict` is batch-independent.
 
-`face_rows` turns one frame's outcome into output rows (one per face; one `no_face` or `error` row
-otherwise); `RowWriter` writes them as CSV or JSON lines.
+`predict_faces` is the one-photo Python API over it. `face_rows` turns one frame's outcome into output
+rows (one per face; one `no_face` or `error` row otherwise); `RowWriter` writes them as CSV or JSON lines.
 """
 
 from __future__ import annotations
@@ -17,12 +17,15 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TextIO
 
 import numpy as np
 
-from rald_fast.predict.faces import DEFAULT_MARGIN, Box, FaceResult, crop_face, to_results, whole_image
-from rald_fast.preprocess import resize_square
+from rald_fast.predict.faces import (DEFAULT_MARGIN, DEFAULT_MIN_FACE, Box, FaceResult, crop_face, default_detector,
+                                     to_results, whole_image)
+from rald_fast.predict.media import read_image
+from rald_fast.preprocess import as_rgb_array, resize_square
 
 STAGES = ("decode", "detect", "crop", "predict", "write")
 
@@ -156,3 +159,37 @@ class RowWriter:
         for i, (label, prob) in enumerate(row.get("topk") or [], start=1):
             flat[f"top{i}_label"], flat[f"top{i}_prob"] = label, prob
         self._csv.writerow({k: "" if v is None else v for k, v in flat.items()})
+
+
+def load_image(source) -> np.ndarray:
+    """(H, W, 3) uint8 RGB from a path (decoded as training decodes), a PIL image or an array."""
+    if isinstance(source, (str, Path)):
+        return read_image(Path(source))
+    return as_rgb_array(source)
+
+
+def predict_faces(predictor, image, detector=None, margin: float = DEFAULT_MARGIN,
+                  min_face: int = DEFAULT_MIN_FACE, detect: bool = True, topk: int = 3,
+                  batch_size: int = 64) -> list[FaceResult]:
+    """Every face in `image` with its fine label, coarse group, valence and top-k probabilities.
+
+    Args:
+        predictor: a `rald_fast.predict.Predictor`.
+        image: (H, W, 3) uint8 RGB array, a PIL image or an image path.
+        detector: a callable image -> list[Box]; default the bundled Haar cascade.
+        margin: fraction of the face box side added on each side before the square crop.
+        min_face: smallest face side in pixels (for the default detector).
+        detect: False treats the whole image as one aligned face crop, resized whole (no margin,
+            no padding) as the training images are.
+        topk: how many (label, probability) pairs each result keeps.
+        batch_size: faces per predictor call (capped by `predictor.max_batch`).
+
+    Returns:
+        One FaceResult per face, left to right; an empty list when no face is found.
+    """
+    done = []
+    pipe = FacePipeline(predictor, done.append, (detector or default_detector(min_face)) if detect else None,
+                        margin, topk, batch_size)
+    pipe.add("image", 0, load_image(image))
+    pipe.flush()
+    return done[0].results

@@ -25,8 +25,11 @@ from PIL import Image
 
 from rald_fast.device import resolve_device
 from rald_fast.errors import CheckpointError
-from rald_fast.artifacts import KINDS, METADATA_KEY, ArtifactError, check_metadata, read_sidecar
+from rald_fast.artifacts import KINDS, METADATA_KEY, ArtifactError, build_metadata, check_metadata, read_sidecar
+from rald_fast.export import tensorrt as trt_export
+from rald_fast.export.torchscript import load_torchscript
 from rald_fast.hierarchy import Taxonomy
+from rald_fast.predict.pipeline import predict_faces
 from rald_fast.preprocess import Preprocess, as_rgb_array, resize_square
 
 
@@ -142,13 +145,16 @@ class Predictor:
             raise ArtifactError(str(e)) from None
         if kind == "checkpoint":
             return cls._load_checkpoint(path, dev, itrr_mode, precision, compile)
-        return getattr(cls, f"_load_{kind}")(path, dev, itrr_mode)
+        loaders = {"onnx": cls._load_onnx, "pt2": cls._load_pt2, "torchscript": cls._load_torchscript,
+                   "tensorrt": cls._load_tensorrt, "torch_tensorrt": cls._load_torch_tensorrt}
+        return loaders[kind](path, dev)
 
     @classmethod
     def _load_checkpoint(cls, path, device, itrr_mode, precision="fp32", compile=None):
         """The fast path (rald_fast/models/fast.py): the folded model on uint8 NHWC input, in `precision`,
         with a CUDA graph per batch size on a GPU."""
-        from rald_fast.artifacts import build_metadata
+        # the model code (and Triton, through it) is loaded only here: reading an exported artifact, or
+        # `python -m rald_fast.predict --help`, never needs it (docs/ARCHITECTURE.md, "Imports")
         from rald_fast.models import load_model
         from rald_fast.models.fast import DTYPES, FastEngine, fast_module
         from rald_fast.models.folded import fold
@@ -168,7 +174,7 @@ class Predictor:
         return predictor
 
     @classmethod
-    def _load_onnx(cls, path, device, _):
+    def _load_onnx(cls, path, device):
         import onnx
         import onnxruntime as ort
 
@@ -187,8 +193,7 @@ class Predictor:
         return cls(run, meta, path, "onnx", device)
 
     @classmethod
-    def _load_pt2(cls, path, device, _):
-        meta = None
+    def _load_pt2(cls, path, device):
         try:
             sidecar = read_sidecar(path)
         except ArtifactError:
@@ -207,17 +212,13 @@ class Predictor:
         return cls(_probs_of(package, target), meta, path, "pt2", target, meta.get("max_batch"))
 
     @classmethod
-    def _load_torchscript(cls, path, device, _):
-        from rald_fast.export.torchscript import load_torchscript
-
+    def _load_torchscript(cls, path, device):
         module, meta = load_torchscript(path, device)
 
         return cls(_probs_of(module, device), meta, path, "torchscript", device, meta.get("max_batch"))
 
     @classmethod
-    def _load_tensorrt(cls, path, device, _):
-        from rald_fast.export import tensorrt as trt_export
-
+    def _load_tensorrt(cls, path, device):
         gap = trt_export.missing(need_torch_tensorrt=False)
         if gap:
             raise ArtifactError(f"{path}: cannot run a TensorRT engine here: {gap}")
@@ -227,9 +228,7 @@ class Predictor:
                    runner.max_batch)
 
     @classmethod
-    def _load_torch_tensorrt(cls, path, device, _):
-        from rald_fast.export import tensorrt as trt_export
-
+    def _load_torch_tensorrt(cls, path, device):
         gap = trt_export.missing()
         if gap:
             raise ArtifactError(f"{path}: cannot run a Torch-TensorRT program here: {gap}")
@@ -269,8 +268,6 @@ class Predictor:
 
     def predict_faces(self, image, **kwargs):
         """Every face of one RGB image: detection, crop, prediction (rald_fast/predict/faces.py)."""
-        from rald_fast.predict.faces import predict_faces
-
         return predict_faces(self, image, **kwargs)
 
     def __repr__(self) -> str:

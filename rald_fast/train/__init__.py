@@ -5,18 +5,6 @@
 - `step`: what one training step runs (the forward of the global batch, AMP, torch.compile).
 - `distributed`: torchrun / DDP plumbing (docs/DISTRIBUTED.md).
 
-`from rald_fast.train import fit` is the Python entry point; it is imported on first use so that
-`python -m rald_fast.train --help` stays fast.
+`rald_fast.train.loop.fit(config)` is the Python entry point. This package file imports nothing, so
+`python -m rald_fast.train --help` does not load the model code.
 """
-
-from __future__ import annotations
-
-__all__ = ["fit"]
-
-
-def __getattr__(name: str):
-    if name == "fit":
-        from rald_fast.train.loop import fit
-
-        return fit
-    raise AttributeError(f"module 'rald_fast.train' has no attribute {name!r}")

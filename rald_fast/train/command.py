@@ -16,13 +16,10 @@ import os
 import sys
 
 from rald_fast.cli import check_run_dir, setup_logging
-from rald_fast.config import (SCHEDULES, VARIANTS, Config, add_config_arguments, config_from_args, set_option,
-                              validate)
-
-# options that may change when resuming; everything else comes from the checkpoint
-RESUME_OVERRIDABLE = {"epochs", "out", "progress", "eval_every", "threads", "device", "amp", "compile",
-                      "pin_memory", "decoded_cache", "cache_dir", "loader_workers", "workers"}
-
+from rald_fast.config import (RESUME_OVERRIDABLE, SCHEDULES, VARIANTS, Config, add_config_arguments,
+                              config_from_args, set_option, validate)
+from rald_fast.checkpoint import load_checkpoint
+from rald_fast.cli import run_cli
 
 class _PreParseError(Exception):
     pass
@@ -69,7 +66,6 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 def resolve_config(args: argparse.Namespace, argv: list[str]) -> Config:
     if not args.resume:
         return config_from_args(args)
-    from rald_fast.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(args.resume, "--resume")
     cfg = Config.from_dict(ckpt.config)
@@ -111,6 +107,5 @@ def main(argv: list[str] | None = None) -> int:
 
 def cli() -> int:
     """Console-script entry point: `main` with user errors reported as one line (exit 2)."""
-    from rald_fast.cli import run_cli
 
     return run_cli(main)

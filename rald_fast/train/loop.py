@@ -21,16 +21,18 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from rald_fast.checkpoint import Checkpoint, atomic_write_text, load_checkpoint, save_checkpoint, to_json
+from rald_fast.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from rald_fast.files import atomic_write_text, to_json
 from rald_fast.config import Config
 from rald_fast.data.augment import apply_augment, draw_augment
 from rald_fast.data.build import Data, build_data
 from rald_fast.data.dataset import Split
-from rald_fast.data.loader import batch_loader, global_batches
+from rald_fast.train.loader import batch_loader, global_batches
 from rald_fast.preprocess import Preprocess
 from rald_fast.revision import code_revision
 from rald_fast.train.distributed import (SINGLE, DistInfo, barrier, init_from_env, local_rows, shutdown,
@@ -96,34 +98,21 @@ def train_one_epoch(model: RALD, split: Split, preprocess: Preprocess, optimizer
         bar = tqdm(bar, total=len(batches), desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", unit="batch",
                    leave=False)
     for step, (idx, x) in enumerate(bar):
-        sizes = slice_sizes(len(idx), info.world_size)
         # every process draws the whole global batch's augmentation from `gen`, as one process would,
         # and applies its rows' draws to its own images on the device: N processes see exactly the
         # pixels one process would (data/augment.py)
         draws = draw_augment(len(idx), split.images.shape[-1], gen, d.hflip, d.shift, d.rrc_scale,
                              d.color_jitter, d.random_erasing)
         x = apply_augment(x.to(device, non_blocking=pin), draws.rows(local_rows(len(idx), info)))
-        x = preprocess.normalize(x)
         y = split.labels[idx].to(device, non_blocking=pin)                    # the global labels
-        if cfg.run.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast_context(cfg.run.amp, device):
-            out = forward(x, sizes)
-            parts = rald_loss(out, y, cfg.loss, cfg.model.scale, memory, use_nnldl=use_nnldl,
-                              coarse_of=coarse_of)
+        out, parts = forward_loss(forward, preprocess.normalize(x), y, cfg, device, memory, use_nnldl, coarse_of,
+                                  slice_sizes(len(idx), info.world_size))
         # one host sync per step on CPU; on CUDA every 16 steps, so the GPU is never starved
         if (device.type != "cuda" or step % 16 == 15 or step + 1 == len(batches)) and \
                 not torch.isfinite(parts["loss"]):
             raise TrainingError(f"non-finite loss ({parts['loss'].item()}) at epoch {epoch + 1}, "
                                 f"step {step + 1}: lower --lr (now {cfg.optim.lr}) or check the data")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(parts["loss"]).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            parts["loss"].backward()
-            optimizer.step()
+        optimizer_step(parts["loss"], optimizer, scaler)
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + v.detach().double() * len(idx)  # no host sync
         correct += (out["logits"].argmax(1) == y).sum()
@@ -136,6 +125,31 @@ def train_one_epoch(model: RALD, split: Split, preprocess: Preprocess, optimizer
     metrics = {f"train_{k}": v.item() / seen for k, v in sums.items()}
     metrics.update(train_acc=correct.item() / seen, train_images_per_s=seen / secs)
     return metrics
+
+
+def forward_loss(forward, x: torch.Tensor, y: torch.Tensor, cfg: Config, device: torch.device,
+                 memory: NeighbourMemory | None, use_nnldl: bool, coarse_of: torch.Tensor,
+                 sizes: list[int]) -> tuple[dict, dict]:
+    """The forward of normalised images `x` (this process's rows) under --amp and the loss (21) of the
+    global batch's labels `y`. Returns (outputs, loss parts)."""
+    if cfg.run.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast_context(cfg.run.amp, device):
+        out = forward(x, sizes)
+        parts = rald_loss(out, y, cfg.loss, cfg.model.scale, memory, use_nnldl=use_nnldl, coarse_of=coarse_of)
+    return out, parts
+
+
+def optimizer_step(loss: torch.Tensor, optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    """Backward and SGD update (through fp16's gradient scaler when there is one)."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
 
 
 def evaluate(model: RALD, data: Data, preprocess: Preprocess, cfg: Config,
@@ -183,6 +197,92 @@ def run_revisions(out: Path) -> dict:
     return {"revision": seen[0] if len(seen) == 1 else None, "revisions": seen}
 
 
+@dataclass
+class TrainingState:
+    """What a run trains and carries from epoch to epoch (all of it goes into each checkpoint)."""
+
+    model: RALD
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
+    memory: NeighbourMemory | None
+    epoch: int = 0                                  # epochs completed
+    best: dict = field(default_factory=lambda: {"test_acc": -1.0, "epoch": -1})
+    bank_info: dict | None = None                   # how ITRR's reference bank was drawn
+
+
+def build_training(cfg: Config, data: Data, device: torch.device, info: DistInfo) -> TrainingState:
+    """The model (initialised from the seeded global RNG), its optimiser, schedule, scaler and memory."""
+    model = build_model(cfg, data.taxonomy).to(device)
+    if cfg.run.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    # the backbone's BatchNorm over the global batch; the head (ITRR's RelationNorm) already runs on the
+    # all-gathered global batch in every process
+    model.backbone = sync_batchnorm(model.backbone, info, device.type)
+    optimizer, scheduler = build_optimizer(cfg, model)
+    memory = NeighbourMemory(cfg.loss.nnldl_bank) if cfg.loss.nnldl and cfg.loss.nnldl_bank else None
+    return TrainingState(model, optimizer, scheduler, make_scaler(cfg.run.amp, device), memory)
+
+
+def restore_training(state: TrainingState, resume: str, cfg: Config, data: Data) -> None:
+    """Continue from checkpoint `resume`: weights, optimiser, schedule, RNG, memory, scaler, epoch."""
+    ckpt = load_checkpoint(resume, "--resume")
+    check_compatible(ckpt, cfg, data.taxonomy, resume)
+    state.model.load_state_dict(ckpt.model)
+    try:
+        state.optimizer.load_state_dict(ckpt.optimizer)
+    except ValueError as e:  # e.g. a checkpoint of a revision with other parameter groups
+        raise ValueError(f"{resume}: its optimiser state does not fit this model's parameter groups "
+                         f"({e}); it was written by another revision of rald_fast") from None
+    state.scheduler.load_state_dict(ckpt.scheduler)
+    _restore_rng(ckpt.rng)
+    if state.memory is not None:
+        state.memory.load_state_dict(ckpt.nnldl_memory)
+    if state.scaler is not None and ckpt.scaler:
+        state.scaler.load_state_dict(ckpt.scaler)
+    state.epoch, state.best, state.bank_info = ckpt.epoch, ckpt.best, ckpt.reference_bank
+    log.info("resumed %s at epoch %d", resume, state.epoch)
+
+
+def prepare_run_dir(out: Path, cfg: Config, data: Data, resumed_at: int | None) -> None:
+    """The run directory (rank 0): a new run starts clean; a resumed one keeps the metrics of the
+    epochs its checkpoint has seen. The resolved config and the taxonomy are (re)written."""
+    if resumed_at is not None:
+        if (out / "metrics.jsonl").exists():
+            lines = (out / "metrics.jsonl").read_text().splitlines()
+            keep = [x for x in lines if json.loads(x)["epoch"] <= resumed_at]
+            atomic_write_text(out / "metrics.jsonl", "".join(x + "\n" for x in keep))
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+        (out / "summary.json").unlink(missing_ok=True)
+    atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2))
+    atomic_write_text(out / "taxonomy.json", json.dumps(data.taxonomy.to_dict(), indent=2))
+
+
+def end_epoch(state: TrainingState, row: dict, out: Path, cfg: Config, data: Data, preprocess: Preprocess,
+              device: torch.device) -> None:
+    """Rank 0 after an epoch: evaluate when due, write the metrics row, and the checkpoint (the last one
+    with ITRR's reference bank)."""
+    epoch = state.epoch
+    last = epoch == cfg.optim.epochs
+    if last or epoch % cfg.run.eval_every == 0:
+        row.update(evaluate(state.model, data, preprocess, cfg, device))
+        if row["test_acc"] > state.best["test_acc"]:
+            state.best = {"test_acc": row["test_acc"], "epoch": epoch}
+    write_metrics(out, row)
+    log.info("epoch %s", " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    if last:  # ITRR's reference bank goes into the final checkpoint, written once
+        state.bank_info = build_final_reference_bank(state.model, data, preprocess, cfg, device) or state.bank_info
+    save_checkpoint(out / "last.pt", Checkpoint(
+        model=state.model.state_dict(), config=cfg.to_dict(), taxonomy=data.taxonomy.to_dict(),
+        preprocess=preprocess.to_dict(), provenance=data.provenance(), epoch=epoch, best=state.best,
+        metrics=row, optimizer=state.optimizer.state_dict(), scheduler=state.scheduler.state_dict(),
+        scaler=state.scaler.state_dict() if state.scaler is not None else None, rng=_rng_state(),
+        nnldl_memory=state.memory.state_dict() if state.memory is not None else None,
+        reference_bank=state.bank_info))
+
+
 def fit(cfg: Config, resume: str | None = None) -> dict:
     """Train (or continue) a run; returns the summary that is also written to summary.json."""
     device = resolve_device(cfg.run.device)
@@ -193,80 +293,30 @@ def fit(cfg: Config, resume: str | None = None) -> dict:
     torch.manual_seed(cfg.run.seed)
     data = build_data_in_turn(cfg, info)
     preprocess = Preprocess(cfg.data.image_size)
-    model = build_model(cfg, data.taxonomy).to(device)
-    if cfg.run.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    # the backbone's BatchNorm over the global batch; the head (ITRR's RelationNorm) already runs on the
-    # all-gathered global batch in every process
-    model.backbone = sync_batchnorm(model.backbone, info, device.type)
-    optimizer, scheduler = build_optimizer(cfg, model)
-    scaler = make_scaler(cfg.run.amp, device)
+    state = build_training(cfg, data, device, info)
     out = Path(cfg.run.out)
-    start_epoch, best, bank_info = 0, {"test_acc": -1.0, "epoch": -1}, None
-    memory = NeighbourMemory(cfg.loss.nnldl_bank) if cfg.loss.nnldl and cfg.loss.nnldl_bank else None
     if resume:
-        ckpt = load_checkpoint(resume, "--resume")
-        check_compatible(ckpt, cfg, data.taxonomy, resume)
-        model.load_state_dict(ckpt.model)
-        try:
-            optimizer.load_state_dict(ckpt.optimizer)
-        except ValueError as e:  # e.g. a checkpoint of a revision with other parameter groups
-            raise ValueError(f"{resume}: its optimiser state does not fit this model's parameter groups "
-                             f"({e}); it was written by another revision of rald_fast") from None
-        scheduler.load_state_dict(ckpt.scheduler)
-        _restore_rng(ckpt.rng)
-        if memory is not None:
-            memory.load_state_dict(ckpt.nnldl_memory)
-        if scaler is not None and ckpt.scaler:
-            scaler.load_state_dict(ckpt.scaler)
-        start_epoch, best = ckpt.epoch, ckpt.best
-        bank_info = ckpt.reference_bank
-        log.info("resumed %s at epoch %d", resume, start_epoch)
-        if info.is_main and (out / "metrics.jsonl").exists():  # keep only the epochs the checkpoint has seen
-            lines = (out / "metrics.jsonl").read_text().splitlines()
-            keep = [x for x in lines if json.loads(x)["epoch"] <= start_epoch]
-            atomic_write_text(out / "metrics.jsonl", "".join(x + "\n" for x in keep))
-    elif info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.jsonl").unlink(missing_ok=True)
-        (out / "summary.json").unlink(missing_ok=True)
+        restore_training(state, resume, cfg, data)
     if info.is_main:
-        atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2))
-        atomic_write_text(out / "taxonomy.json", json.dumps(data.taxonomy.to_dict(), indent=2))
-    forward = build_forward(model, cfg, info, device)
+        prepare_run_dir(out, cfg, data, state.epoch if resume else None)
+    forward = build_forward(state.model, cfg, info, device)
     t_start = time.perf_counter()
     row: dict = {}
-    for epoch in range(start_epoch, cfg.optim.epochs):
-        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "revision": code_revision()}
-        row.update(train_one_epoch(model, data.train, preprocess, optimizer, cfg, epoch, device,
-                                   memory, forward, info, scaler))
-        scheduler.step()
-        if not info.is_main:  # metrics, evaluation and checkpoints come from rank 0
-            barrier(info)
-            continue
-        last = epoch + 1 == cfg.optim.epochs
-        if last or (epoch + 1) % cfg.run.eval_every == 0:
-            row.update(evaluate(model, data, preprocess, cfg, device))
-            if row["test_acc"] > best["test_acc"]:
-                best = {"test_acc": row["test_acc"], "epoch": epoch + 1}
-        write_metrics(out, row)
-        log.info("epoch %s", " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                      for k, v in row.items()))
-        if last:  # ITRR's reference bank goes into the final checkpoint, written once
-            bank_info = build_final_reference_bank(model, data, preprocess, cfg, device) or bank_info
-        save_checkpoint(out / "last.pt", Checkpoint(
-            model=model.state_dict(), config=cfg.to_dict(), taxonomy=data.taxonomy.to_dict(),
-            preprocess=preprocess.to_dict(), provenance=data.provenance(), epoch=epoch + 1, best=best,
-            metrics=row, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-            scaler=scaler.state_dict() if scaler is not None else None, rng=_rng_state(),
-            nnldl_memory=memory.state_dict() if memory is not None else None, reference_bank=bank_info))
+    for epoch in range(state.epoch, cfg.optim.epochs):
+        row = {"epoch": epoch + 1, "lr": state.optimizer.param_groups[0]["lr"], "revision": code_revision()}
+        row.update(train_one_epoch(state.model, data.train, preprocess, state.optimizer, cfg, epoch, device,
+                                   state.memory, forward, info, state.scaler))
+        state.scheduler.step()
+        state.epoch = epoch + 1
+        if info.is_main:  # metrics, evaluation and checkpoints come from rank 0
+            end_epoch(state, row, out, cfg, data, preprocess, device)
         barrier(info)
     summary = {"out": str(out), "checkpoint": str(out / "last.pt"), "dataset": str(data.root),
-               "epochs": cfg.optim.epochs, "final": row, "best": best,
+               "epochs": cfg.optim.epochs, "final": row, "best": state.best,
                "train_seconds": time.perf_counter() - t_start, "variant": cfg.variant,
                "preset": cfg.preset, "processes": info.world_size, **run_revisions(out)}
     if info.is_main:
-        summary.update(accuracy_by_itrr_mode(model, data, preprocess, cfg, device))
+        summary.update(accuracy_by_itrr_mode(state.model, data, preprocess, cfg, device))
         atomic_write_text(out / "summary.json", to_json(summary, indent=2))
     barrier(info)
     shutdown(info)

@@ -2,8 +2,8 @@
 
 - `--amp bf16|fp16`: the forward and the loss run under `torch.autocast`; fp16 adds a
   `torch.amp.GradScaler` (bf16 has fp32's range and needs none). The losses compute in fp32 anyway.
-- `--compile`: `torch.compile` of the model's two halves, the backbone (`forward_features`) and the
-  head (`forward_head`: ITRR, HLRR, LGIFO, classifier). Under torchrun the all-gather of the features
+- `--compile`: `torch.compile` of the model's two halves, the backbone (`backbone_features`) and the
+  head (`head_outputs`: ITRR, HLRR, LGIFO, classifier). Under torchrun the all-gather of the features
   sits between them and stays eager; the loss, with its memory-bank side effects, stays eager too.
   Evaluation uses the eager model (no second compilation for eval-mode graphs).
 - `TrainForward`: backbone on this process's rows, features all-gathered (rald_fast/train/distributed.py),
@@ -73,8 +73,8 @@ class TrainForward(nn.Module):
     def __init__(self, model: RALD, info: DistInfo = SINGLE, compile: bool | str = False):
         super().__init__()
         self.model, self.info = model, info
-        self.features_fn = model.forward_features
-        self.head_fn = model.forward_head
+        self.features_fn = model.backbone_features
+        self.head_fn = model.head_outputs
         if compile:
             kw = {"backend": compile} if isinstance(compile, str) else {}
             self.features_fn = torch.compile(self.features_fn, **kw)
