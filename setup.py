@@ -39,10 +39,13 @@ setup(
         "rald-predict = rald_fast.predict.command:cli",
         "rald-export = rald_fast.export.build:cli",
         "rald-experiments = rald_fast.experiments.__main__:cli",
+        "rald-serve = rald_fast.serve.command:cli",
     ]},
     extras_require={
         "test": ["pytest>=8", "pytest-benchmark>=4", "scipy>=1.11", "pytest-timeout>=2", "scikit-image>=0.22",
-                 "hypothesis>=6.100"],
+                 "hypothesis>=6.100", "ray[serve]>=2.40", "fastapi>=0.100", "tritonclient>=2.40"],
+        # the HTTP service (python -m rald_fast.serve): Ray Serve with FastAPI
+        "serve": ["ray[serve]>=2.40", "fastapi>=0.100"],
         # optional GPU back-ends, never installed by the tests (no GPU on the CI machine): a
         # TensorRT engine and Torch-TensorRT modules (rald_fast.export.tensorrt, the engine)
         # TensorRT 10 only: 11 dropped the weakly typed FP16/BF16 builder flags the engine build uses;

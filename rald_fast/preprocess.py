@@ -18,6 +18,7 @@ the face pipeline all go through these functions, so a photo gives the same numb
 
 from __future__ import annotations
 
+import io
 import struct
 import warnings
 from dataclasses import asdict, dataclass
@@ -90,24 +91,34 @@ def open_rgb(path: str | Path, box: Box | None = None, max_pixels: int | None = 
     """
     path = Path(path)
     try:
+        return _decode(path, path, box, max_pixels)
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file not found") from None
+
+
+def decode_bytes(data: bytes, name: str, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
+    """`open_rgb` of an encoded image held in memory (an HTTP body); DataError names it `name`."""
+    return _decode(io.BytesIO(data), name, None, max_pixels)
+
+
+def _decode(source, name, box: Box | None, max_pixels: int | None) -> Image.Image:
+    try:
         with warnings.catch_warnings():  # our own limit replaces Pillow's warning
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:  # lazy: only the header is read here
+            with Image.open(source) as im:  # lazy: only the header is read here
                 if max_pixels is not None and im.width * im.height > max_pixels:
-                    raise DataError(f"{path}: {im.width} x {im.height} = {im.width * im.height / 1e6:.0f} MP is "
+                    raise DataError(f"{name}: {im.width} x {im.height} = {im.width * im.height / 1e6:.0f} MP is "
                                     f"over the pixel limit of {max_pixels / 1e6:.0f} MP (--max-pixels); "
                                     f"downscale it first or raise the limit")
                 if box is not None:
-                    im = im.crop(_clamp_box(box, im.size, path))
+                    im = im.crop(_clamp_box(box, im.size, name))
                 im = ImageOps.exif_transpose(im)
                 return to_rgb(im)
-    except FileNotFoundError:
-        raise DataError(f"{path}: image file not found") from None
-    except DataError:
+    except (DataError, FileNotFoundError):
         raise
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, SyntaxError,
             EOFError, struct.error, IndexError, TypeError) as e:  # what Pillow's plugins raise on damaged files
-        raise DataError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
+        raise DataError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from None
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

@@ -121,19 +121,22 @@ def test_console_scripts_point_at_callables():
         assert callable(getattr(importlib.import_module(module), func)), entry
         names[name] = module
     assert set(names) == {"rald-train", "rald-evaluate", "rald-bank", "rald-predict", "rald-export",
-                          "rald-experiments"}
+                          "rald-experiments", "rald-serve"}
 
 
 def test_predict_command_loads_no_training_code():
     """`python -m rald_fast.predict --help` imports neither the training loop (DDP), the model nor Triton."""
     code = ("import runpy, sys\nsys.argv = ['x', '--help']\n"
             "try:\n    runpy.run_module('rald_fast.predict', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-            "print(sorted(m for m in sys.modules if m.startswith(('rald_fast', 'triton'))))")
+            "print(sorted(m for m in sys.modules if m.startswith(('rald_fast', 'triton', 'onnx', 'tensorrt', 'cv2'))))")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                        capture_output=True, text=True, timeout=300)
     loaded = eval(r.stdout.strip().splitlines()[-1])  # a list literal printed above
     assert not [m for m in loaded if m.startswith(("rald_fast.train", "rald_fast.models", "rald_fast.kernels",
                                                    "triton"))], loaded
+    # the core, and the readers of the exported artifact kinds (TensorRT itself only when an engine is read)
     core = {"rald_fast", "rald_fast.artifacts", "rald_fast.cli", "rald_fast.device", "rald_fast.errors",
-            "rald_fast.hierarchy", "rald_fast.preprocess"}
+            "rald_fast.files", "rald_fast.hierarchy", "rald_fast.preprocess", "rald_fast.export",
+            "rald_fast.export.formats", "rald_fast.export.tensorrt", "rald_fast.export.torchscript"}
     assert {m for m in loaded if m.startswith("rald_fast") and not m.startswith("rald_fast.predict")} <= core, loaded
+    assert not {"onnx", "onnxruntime", "tensorrt", "cv2"} & {m.split(".")[0] for m in loaded}, loaded

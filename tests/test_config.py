@@ -73,7 +73,7 @@ def test_every_train_option_has_a_description():
     assert len(options) == n_fields + 4  # every field, --resume, --overwrite, --preset, --variant
     for a in options:
         assert a.help and "before presets" not in a.help, a.option_strings
-        if a.dest not in ("resume", "preset", "variant"):
+        if a.dest not in ("resume", "overwrite", "preset", "variant"):
             desc = a.help.split(" (default in quick/rald: ")[0]
             assert len(desc) > 10 and "(default in quick/rald: " in a.help, a.help
     assert "before presets" not in p.format_help()

@@ -135,7 +135,7 @@ def test_bad_images_through_the_cache(tmp_path):
 def _load_in_process(args):
     lst, cache_dir = args
     torch.set_num_threads(1)
-    split = load_split(lst, TAXONOMY, 16, cache_dir=cache_dir)
+    split = decode_split(lst, TAXONOMY, 16, cache_dir=cache_dir)
     return split.store.built, split.images.numpy().tobytes(), split.store.path
 
 

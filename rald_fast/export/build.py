@@ -1,6 +1,6 @@
 """Build deployment artifacts from a training checkpoint and check each against PyTorch.
 
-    python export/build_trt.py --checkpoint runs/rald/last.pt [--formats onnx,pt2,ts,trt]
+    python export/build_trt.py --checkpoint runs/rald/last.pt [--formats onnx,pt2,ts,trt,triton]
                                [--precision fp32|fp16|bf16] [--itrr-mode bank|self|batch] [--out DIR]
 
 The checkpoint is folded (rald_fast/models/folded.py: label branch precomputed, BatchNorm folded,
@@ -14,6 +14,8 @@ ITRR batch-independent by default) and written as:
   trt   <out>/<name>_trt.ep     Torch-TensorRT (ir="dynamo") ExportedProgram for Python
         <out>/<name>_trt.pt2    the same as an AOTInductor package for C++
         <out>/<name>.engine     serialized TensorRT engine built from the ONNX file
+  triton <out>/model_repository/  a Triton Inference Server repository: rald (ONNX Runtime) and,
+                                with trt, rald_trt (the engine); config.pbtxt with dynamic batching
 The trt artifacts need TensorRT, Torch-TensorRT and a CUDA GPU; without them a message says what is
 missing and the other formats are built. Every artifact carries the preprocessing, the taxonomy and
 the ITRR mode (inside, and in <artifact>.json beside it). Each is compared with the PyTorch folded
@@ -42,10 +44,11 @@ from rald_fast.export import tensorrt as trt_export
 from rald_fast.export.formats import at_precision, compare, export_onnx, export_pt2
 from rald_fast.export.opencv import run_opencv
 from rald_fast.export.torchscript import export_torchscript, load_torchscript
+from rald_fast.export.triton_repo import write_model_repository
 from rald_fast.files import atomic_write_text, to_json
 
 log = logging.getLogger(__name__)
-FORMATS = ("onnx", "pt2", "ts", "trt")
+FORMATS = ("onnx", "pt2", "ts", "trt", "triton")  # in build order: trt needs the ONNX, triton both
 DEFAULT_FORMATS = "onnx,pt2,trt"
 TOLERANCE = {"fp32": (1e-3, 0.99999), "fp16": (3e-2, 0.999), "bf16": (6e-2, 0.995)}  # probs abs, cosine
 
@@ -143,6 +146,7 @@ class ExportJob:
     max_batch: int
     notes: list[str] = field(default_factory=list)
     onnx_path: Path | None = None
+    engine_path: Path | None = None
 
     def model_at_precision(self) -> nn.Module:
         """A copy of the folded model in --precision (the cast changes the module it is given)."""
@@ -199,6 +203,7 @@ def build_trt(job: ExportJob) -> list[Built]:
         built.append(Built(f"Torch-TensorRT ({job.precision})", path, ep_meta, run, job.precision))
     engine = trt_export.build_engine_from_onnx(job.onnx_path, job.out / f"{job.name}.engine", job.meta, job.precision,
                                                shapes)
+    job.engine_path = engine
     runner = trt_export.EngineRunner(engine)
     built.append(Built(f"TensorRT engine ({job.precision})", engine,
                        trt_export.engine_metadata(job.meta, job.precision, job.max_batch),
@@ -206,8 +211,22 @@ def build_trt(job: ExportJob) -> list[Built]:
     return built
 
 
+def build_triton(job: ExportJob) -> list[Built]:
+    """A Triton Inference Server model repository of the ONNX file (and of the TensorRT engine when
+    `trt` was built too): rald_fast/export/triton_repo.py."""
+    import onnxruntime as ort
+
+    built = build_onnx(job) if job.onnx_path is None else []
+    folders = write_model_repository(job.out, job.onnx_path, job.meta, job.opt_batch, job.max_batch,
+                                     job.engine_path)
+    model = folders[0] / "1" / "model.onnx"
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    return built + [Built("triton repository (model.onnx, ONNX Runtime)", model, None,
+                          lambda x: session.run(None, {"images": x.numpy()}), "fp32")]
+
+
 # adding a format: a builder here (it returns what it built and how to run it) and its name in FORMATS
-BUILDERS = {"onnx": build_onnx, "pt2": build_pt2, "ts": build_ts, "trt": build_trt}
+BUILDERS = {"onnx": build_onnx, "pt2": build_pt2, "ts": build_ts, "trt": build_trt, "triton": build_triton}
 
 
 def main(argv: list[str] | None = None) -> int:

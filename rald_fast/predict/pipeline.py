@@ -43,6 +43,19 @@ class Frame:
     tag: object = None              # caller's own (where to write the annotation)
 
 
+def detect_faces(image: np.ndarray, detector) -> list[Box]:
+    """The face boxes of an RGB image; `detector` None: the whole image is one aligned face crop."""
+    return detector(image) if detector is not None else [whole_image(image)]
+
+
+def face_crops(image: np.ndarray, boxes: list[Box], size: int, margin: float, detected: bool) -> list[np.ndarray]:
+    """(size, size, 3) uint8 model inputs of `boxes`: square crops with `margin` around detected faces,
+    or the whole image resized as the training images are (`detected` False)."""
+    if not detected:
+        return [resize_square(image, size)]
+    return [crop_face(image, b, size, margin) for b in boxes]
+
+
 class FacePipeline:
     """Detect -> crop -> batched predict over a stream of frames.
 
@@ -72,12 +85,9 @@ class FacePipeline:
     def add(self, source: str, index: int, image: np.ndarray, tag=None) -> None:
         """Queue the faces of one RGB frame; runs the predictor when a batch is full."""
         t0 = time.perf_counter()
-        boxes = self.detector(image) if self.detector is not None else [whole_image(image)]
+        boxes = detect_faces(image, self.detector)
         t1 = time.perf_counter()
-        if self.detector is not None:
-            self._crops += [crop_face(image, b, self.size, self.margin) for b in boxes]
-        else:
-            self._crops.append(resize_square(image, self.size))
+        self._crops += face_crops(image, boxes, self.size, self.margin, self.detector is not None)
         self.seconds["detect"] += t1 - t0
         self.seconds["crop"] += time.perf_counter() - t1
         self._queue(Frame(source, index, image if self.keep_images else None, boxes, tag=tag))
