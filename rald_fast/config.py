@@ -180,18 +180,26 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> Config:
+        """The config saved as `d` (a checkpoint's, a run's config.json). A key that a saved config lacks
+        was added later: it takes the value that reproduces what that run trained (`SAVED_BEFORE`), so
+        an older checkpoint still loads into the model it was."""
         cfg = cls()
         for section in ("model", "loss", "data", "optim", "run"):
             sub = getattr(cfg, section)
             known = {f.name for f in fields(sub)}
-            unknown = set(d.get(section, {})) - known
+            saved = d.get(section, {})
+            unknown = set(saved) - known
             if unknown:
                 raise ValueError(f"unknown config keys in section {section!r}: {sorted(unknown)}")
-            for k, v in d.get(section, {}).items():
+            for k, v in {**{k: v for k, v in SAVED_BEFORE.items() if k in known}, **saved}.items():
                 setattr(sub, k, v)
         cfg.preset, cfg.variant = d.get("preset", "quick"), d.get("variant", "rald")
         return cfg
 
+
+# what options added on 2026-12-06 did before they existed: configs saved earlier lack them
+SAVED_BEFORE: dict[str, Any] = dict(itrr_qk_norm=False, itrr_tied_init=False, itrr_temperature_cap=0.0,
+                                    nnldl_relation_grad=False, nnldl_normaliser="printed", relation_lr_mult=-1.0)
 
 # --- presets ---------------------------------------------------------------------------------
 SCHEDULES: dict[str, dict[str, Any]] = {

@@ -187,3 +187,16 @@ def test_shared_parameters_train_alike_in_rald_and_resnet18():
     assert sorted(every) == sorted(id(p) for p in rald.parameters())  # each parameter exactly once
     printed = {g["name"]: g for g in build_model(make_config("tiny", "rald"), TAX).param_groups(0.05, 0.1)}
     assert printed["relation"]["lr"] == pytest.approx(0.005)        # -1: as --attn-lr-mult
+
+
+def test_a_config_saved_before_the_relation_options_loads_as_it_trained():
+    from rald_fast.config import SAVED_BEFORE, Config
+
+    saved = make_config("tiny", "rald", **LEARNING).to_dict()
+    for section in ("model", "loss", "optim"):
+        for key in SAVED_BEFORE:
+            saved[section].pop(key, None)
+    cfg = Config.from_dict(saved)
+    assert not cfg.model.itrr_qk_norm and cfg.model.itrr_temperature_cap == 0 and not cfg.model.itrr_tied_init
+    assert cfg.loss.nnldl_normaliser == "printed" and cfg.optim.relation_lr_mult == -1
+    assert Config.from_dict(make_config("tiny", "rald", **LEARNING).to_dict()).model.itrr_qk_norm  # saved: kept
