@@ -43,7 +43,8 @@ setup(
     ]},
     extras_require={
         "test": ["pytest>=8", "pytest-benchmark>=4", "scipy>=1.11", "pytest-timeout>=2", "scikit-image>=0.22",
-                 "hypothesis>=6.100", "ray[serve]>=2.40", "fastapi>=0.100", "tritonclient>=2.40"],
+                 "hypothesis>=6.100", "ray[serve]>=2.40", "fastapi>=0.100", "tritonclient>=2.40",
+                 "protobuf>=4"],  # tests parse the Triton config.pbtxt with google.protobuf
         # the HTTP service (python -m rald_fast.serve): Ray Serve with FastAPI
         "serve": ["ray[serve]>=2.40", "fastapi>=0.100"],
         # optional GPU back-ends, never installed by the tests (no GPU on the CI machine): a

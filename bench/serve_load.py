@@ -86,14 +86,13 @@ def quantiles(latencies: list[float]) -> dict:
 def run_setting(model: str, bodies: list[bytes], concurrency: int, replicas: int, batch: int, wait_ms: float) -> dict:
     from ray import serve
 
-    from rald_fast.serve.command import application
+    from rald_fast.serve.command import start
 
     port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = argparse.Namespace(model=model, device="cpu", host="127.0.0.1", port=port, replicas=replicas,
                               max_batch_size=batch, batch_wait_ms=wait_ms, max_queued=4 * len(bodies),
                               max_ongoing=max(concurrency, batch), max_pixels=150.0, min_face=24, address=None)
-    serve.run(application(args), name="rald", route_prefix="/")
+    start(args)  # the service's own start-up (proxy time-outs, retries)
     base = f"http://127.0.0.1:{port}"
     url = f"{base}/predict?detect=false"
     with ThreadPoolExecutor(concurrency) as pool:  # warm-up: every replica, every batch size path
@@ -158,7 +157,6 @@ def main(argv=None) -> int:
 
     size = Predictor.load(args.model, device="cpu").preprocess.image_size
     bodies = crops(args.requests, size)
-    ray.init(include_dashboard=False, log_to_driver=False)
     rows = run_plain(args.model, bodies, 16)
     for setting in args.settings.split(","):
         replicas, batch, wait = setting.split("x")
@@ -166,7 +164,15 @@ def main(argv=None) -> int:
         print(json.dumps(rows[-1]), flush=True)
     ray.shutdown()
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "serve_load.json").write_text(json.dumps({"model": str(args.model), "rows": rows}, indent=1) + "\n")
+    import os
+    import platform
+
+    from rald_fast.revision import code_revision
+
+    record = {"model": str(args.model), "revision": code_revision(), "command": " ".join(sys.argv),
+              "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpus": os.cpu_count(), "machine": platform.machine(),
+              "ray": ray.__version__, "rows": rows}
+    (args.out / "serve_load.json").write_text(json.dumps(record, indent=1) + "\n")
     (args.out / "serve_load.md").write_text(markdown(rows))
     print(markdown(rows))
     return 0

@@ -179,7 +179,8 @@ def test_study_trains_its_cells_pairs_them_and_reports_from_the_plan(tmp_path, m
 
     shutil.rmtree(next((out / "runs").glob("b-*-s1-*")))
     assert main(["study", "--out", str(out), "--report-only", "--mixed-revisions"]) == 0
-    assert "| (b) ITRR (1 seed)" in (out / "study.md").read_text()
+    text = (out / "study.md").read_text()
+    assert "| (b) ITRR (1 of 2 planned seeds) |" in text and "stopped before their plan finished" in text
 
 
 def test_study_refuses_mixed_revisions_unless_told(tmp_path):

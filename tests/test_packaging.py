@@ -20,7 +20,7 @@ CHECKED = ("rald_fast", "bench", "export", "tests")
 # import name -> distribution name, for the few that differ
 DISTRIBUTION = {"cv2": "opencv-python-headless", "PIL": "pillow", "yaml": "pyyaml", "sklearn": "scikit-learn",
                 "skimage": "scikit-image", "pytest_benchmark": "pytest-benchmark", "onnx_ir": "onnx-ir",
-                "torch_tensorrt": "torch-tensorrt"}
+                "torch_tensorrt": "torch-tensorrt", "google": "protobuf"}
 # optional GPU back-ends: imported only inside guards, declared in the `tensorrt` extra
 OPTIONAL = {"tensorrt", "torch_tensorrt", "pycuda"}
 # installed by a declared distribution (torch's CUDA wheels bring triton; pip brings setuptools)

@@ -15,7 +15,7 @@ from rald_fast.data.augment import augment
 from rald_fast.data.dataset import decode_image
 from rald_fast.errors import DataError, MediaError
 from rald_fast.predict.media import read_image
-from rald_fast.preprocess import (IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, Preprocess, as_rgb_array,
+from rald_fast.preprocess import (IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, RESIZE, Preprocess, as_rgb_array,
                                   normalize, open_rgb, resize_square)
 
 RED, GREEN = (255, 0, 0), (0, 255, 0)
@@ -186,9 +186,10 @@ def test_preprocess_dict_round_trip():
         assert Preprocess.from_dict(pre.to_dict()) == pre
         assert Preprocess.from_dict(json.loads(json.dumps(pre.to_dict()))) == pre  # lists back to tuples
     assert Preprocess(112).to_dict() == {"image_size": 112, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
-                                         "channel_order": "RGB", "layout": "NCHW"}
-    old = {"image_size": 32, "mean": [0.1, 0.2, 0.3], "std": [1, 1, 1]}  # no channel_order / layout
-    assert Preprocess.from_dict(old) == Preprocess(32, (0.1, 0.2, 0.3), (1, 1, 1), "RGB", "NCHW")
+                                         "channel_order": "RGB", "layout": "NCHW", "resize": RESIZE}
+    old = {"image_size": 32, "mean": [0.1, 0.2, 0.3], "std": [1, 1, 1]}  # no channel_order / layout / resize
+    assert Preprocess.from_dict(old) == Preprocess(32, (0.1, 0.2, 0.3), (1, 1, 1), "RGB", "NCHW", RESIZE)
+    assert "BILINEAR" in RESIZE and Preprocess.from_dict(dict(old, resize="x")).resize == "x"
 
 
 # --- one decode path -----------------------------------------------------------------------------

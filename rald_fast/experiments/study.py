@@ -54,6 +54,7 @@ class Cell:
     variant: str
     overrides: dict = field(default_factory=dict)
     max_seeds: int | None = None  # a control measured on the first seeds only (None: every seed)
+    planned: int | None = None  # how many runs study_plan.json lists for it (None: as many as it has)
     runs: list[dict] = field(default_factory=list)
     dirs: list[str] = field(default_factory=list)
 
@@ -166,7 +167,7 @@ def load_study(out: Path) -> dict:
     for part, cells in plan.items():
         study[part] = []
         for c in cells:
-            cell = Cell(c["name"], c["variant"], c["overrides"])
+            cell = Cell(c["name"], c["variant"], c["overrides"], planned=len(c["runs"]))
             for d in c["runs"]:
                 path = out / d
                 if (path / "summary.json").exists():
@@ -244,13 +245,16 @@ def study_markdown(study: dict, revisions: list[str]) -> str:
     cells = study["main"] + study["ablation"]
     base = study["main"][0]
     n = max(len(c.runs) for c in cells)
+    unfinished = [c for c in cells if c.planned is not None and len(c.runs) < c.planned]
     mixed = len(revisions) > 1
     out = [f"Test accuracy in %, mean ± std over {n} paired seeds (same data and seeds in every cell; a cell "
            "with fewer finished seeds says how many). Δ: fine accuracy minus ResNet18's on the same seed, "
            "mean [95 % CI, Student's t]. NN purity: share of each test image's top-k NNLDL neighbours "
            "(eval mode, in its shuffled test batch of --eval-batch-size images) with its fine label / coarse "
            "group, chance in brackets; R_v: the same for ITRR's relation itself. Entropy: ITRR's test attention "
-           "entropy / log N (1 = uniform). Code revision: " + ", ".join(f"`{r}`" for r in revisions) + ".",
+           "entropy / log N (1 = uniform). Code revision: " + ", ".join(f"`{r}`" for r in revisions) + "."
+           + (" Cells marked 'k of m planned seeds' stopped before their plan finished; their Δ is paired over "
+              "the seeds they have." if unfinished else ""),
            "", "| model | fine | coarse | Δ fine vs ResNet18 | NN purity fine | NN purity coarse | R_v purity "
            "fine | ITRR entropy |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     first_ablation = study["ablation"][0] if study["ablation"] else None
@@ -258,6 +262,8 @@ def study_markdown(study: dict, revisions: list[str]) -> str:
         if cell is first_ablation:
             out.append("| *module by module* | | | | | | | |")
         note = "" if len(cell.runs) == n else f" ({len(cell.runs)} seed{'s' * (len(cell.runs) != 1)})"
+        if cell.planned is not None and len(cell.runs) < cell.planned:
+            note = f" ({len(cell.runs)} of {cell.planned} planned seeds)"
         if mixed:
             note += " [" + ", ".join(revisions_of(cell)) + "]"
         diff = "-" if cell is base else _diff(cell, base)
