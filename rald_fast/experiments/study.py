@@ -12,7 +12,7 @@ With `--ablation auto` (the default) the module-by-module cells (`ABLATION_CELLS
 RALD cell's mean is below ResNet18's, to locate the cost; `on` always adds them, `off` never.
 
 Outputs in DIR: study.md (the table; `study_markdown`), study.csv (one line per run), study.json and
-study_curves.png (per-epoch training neighbour purity and ITRR entropy), and study_plan.json (which run
+study_curves.png (per-epoch training neighbour purity, ITRR entropy and CE), and study_plan.json (which run
 directory belongs to which cell). `--report-only` rebuilds every output from study_plan.json and
 the runs' summary.json / metrics.jsonl alone (no checkpoint, no training, no budget options needed):
 that is how README's and RESULTS' tables are made from the raw results committed under bench/results/,
@@ -236,6 +236,12 @@ def _rv_purity(cell: Cell) -> str:
     return f"{100 * statistics.fmean(got):.1f}" if got else "-"
 
 
+def _peak_ce(cell: Cell) -> str:
+    """Training CE's worst epoch, seed mean: above ln C_f (the uniform prediction's CE) the run diverged early."""
+    peaks = [max(r["train_ce"] for r in rows) for rows in (_epoch_rows(d) for d in cell.dirs) if rows]
+    return f"{statistics.fmean(peaks):.2f}" if peaks else "-"
+
+
 def _entropy(cell: Cell) -> str:
     got = cell.final("test_itrr_entropy")
     return f"{statistics.fmean(got):.3f}" if got else "-"
@@ -252,15 +258,16 @@ def study_markdown(study: dict, revisions: list[str]) -> str:
            "mean [95 % CI, Student's t]. NN purity: share of each test image's top-k NNLDL neighbours "
            "(eval mode, in its shuffled test batch of --eval-batch-size images) with its fine label / coarse "
            "group, chance in brackets; R_v: the same for ITRR's relation itself. Entropy: ITRR's test attention "
-           "entropy / log N (1 = uniform). Code revision: " + ", ".join(f"`{r}`" for r in revisions) + "."
+           "entropy / log N (1 = uniform). Peak train CE: the worst epoch's training cross-entropy, seed mean "
+           "(ln 33 = 3.50 is a uniform guess). Code revision: " + ", ".join(f"`{r}`" for r in revisions) + "."
            + (" Cells marked 'k of m planned seeds' stopped before their plan finished; their Δ is paired over "
               "the seeds they have." if unfinished else ""),
            "", "| model | fine | coarse | Δ fine vs ResNet18 | NN purity fine | NN purity coarse | R_v purity "
-           "fine | ITRR entropy |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+           "fine | ITRR entropy | peak train CE |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     first_ablation = study["ablation"][0] if study["ablation"] else None
     for cell in cells:
         if cell is first_ablation:
-            out.append("| *module by module* | | | | | | | |")
+            out.append("| *module by module* | | | | | | | | |")
         note = "" if len(cell.runs) == n else f" ({len(cell.runs)} seed{'s' * (len(cell.runs) != 1)})"
         if cell.planned is not None and len(cell.runs) < cell.planned:
             note = f" ({len(cell.runs)} of {cell.planned} planned seeds)"
@@ -269,7 +276,7 @@ def study_markdown(study: dict, revisions: list[str]) -> str:
         diff = "-" if cell is base else _diff(cell, base)
         out.append(f"| {cell.name}{note} | {_pct(cell.final('test_acc'))} | {_pct(cell.final('test_coarse_acc'))} "
                    f"| {diff} | {_purity(cell, 'fine')} | {_purity(cell, 'coarse')} | {_rv_purity(cell)} "
-                   f"| {_entropy(cell)} |")
+                   f"| {_entropy(cell)} | {_peak_ce(cell)} |")
     return "\n".join(out) + "\n"
 
 
@@ -292,16 +299,19 @@ def study_csv(study: dict) -> str:
 
 
 def _epoch_rows(path: str) -> list[dict]:
+    """A run's per-epoch metrics ([] when it has none)."""
+    if not (Path(path) / "metrics.jsonl").exists():
+        return []
     lines = (Path(path) / "metrics.jsonl").read_text().splitlines()
     return [json.loads(x) for x in lines if x.strip()]
 
 
 def plot_curves(cells: list[Cell], path: Path) -> None:
-    """Per-epoch training neighbour purity (fine, against chance) and ITRR entropy, seed means."""
+    """Per-epoch training neighbour purity (fine, against chance), ITRR entropy and CE, seed means."""
     plt = pyplot()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4.2))
     for cell in cells:
-        runs = [_epoch_rows(d) for d in cell.dirs]
+        runs = [rows for rows in (_epoch_rows(d) for d in cell.dirs) if rows]
         if not runs:
             continue
         epochs = [r["epoch"] for r in runs[0]]
@@ -313,11 +323,14 @@ def plot_curves(cells: list[Cell], path: Path) -> None:
         if "train_itrr_entropy" in runs[0][-1]:
             ent = [statistics.fmean(run[i]["train_itrr_entropy"] for run in runs) for i in range(len(epochs))]
             ax2.plot(epochs, ent, label=cell.name)
+        ce = [statistics.fmean(run[i]["train_ce"] for run in runs) for i in range(len(epochs))]
+        ax3.plot(epochs, ce, label=cell.name)
     ax1.set(xlabel="epoch", ylabel="top-k neighbours with the same fine label (%)",
             title="NNLDL neighbour purity (training batches; dotted: chance)")
     ax2.set(xlabel="epoch", ylabel="entropy / log N", title="ITRR attention entropy, training (1 = uniform)")
-    ax1.legend(fontsize=7)
-    ax2.legend(fontsize=7)
+    ax3.set(xlabel="epoch", ylabel="cross-entropy", title="training CE (seed mean)")
+    for ax in (ax1, ax2, ax3):
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -336,5 +349,5 @@ def write_study(study: dict, out: Path, allow_mixed: bool = False, name: str = "
          "paired_diff_fine": paired_differences(c, base) if c is not base else None,
          "paired_diff_ci95": list(mean_ci95(paired_differences(c, base))) if c is not base else None,
          "revisions": revisions_of(c)} for part, cells in study.items() for c in cells]})
-    plot_curves([c for cells in study.values() for c in cells][1:], out / f"{name}_curves.png")
+    plot_curves([c for cells in study.values() for c in cells], out / f"{name}_curves.png")
     return text
