@@ -134,7 +134,7 @@ class DataConfig:
 class OptimConfig:
     epochs: int = _opt(5, "training epochs")
     batch_size: int = _opt(64, "training batch size (global under torchrun; ITRR and NNLDL relate its images)")
-    lr: float = _opt(0.05, "SGD learning rate of the backbone (the attention side: lr x attn-lr-mult)")
+    lr: float = _opt(0.05, "SGD learning rate of the backbone and the fine head (what RALD adds: lr x --attn-lr-mult)")
     momentum: float = _opt(0.9, "SGD momentum (the paper states none: docs/DESIGN.md)")
     # the paper's "衰减系数为5e-3" read as weight decay: docs/DESIGN.md
     weight_decay: float = _opt(5e-4, "SGD weight decay (the paper's 'decay coefficient 5e-3': docs/DESIGN.md)")

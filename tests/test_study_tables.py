@@ -3,7 +3,8 @@
 `python -m rald_fast.experiments study --out bench/results/cpu_study_relation_2026-12-06 --report-only`
 rebuilds the table from study_plan.json and each run's summary.json (no checkpoint, no training); the
 block between `<!-- study:begin -->` and `<!-- study:end -->` in both documents must equal it, and
-every run must come from one clean code revision.
+every run must come from one clean code revision. Cells whose planned seeds did not all finish say so
+in the table ("k of m planned seeds").
 """
 
 from __future__ import annotations
@@ -31,7 +32,16 @@ def test_committed_tables_equal_the_commands_output():
     assert block(ROOT / "docs" / "RESULTS.md") == table
     assert (RESULTS / "study.md").read_text() == table
     plan = json.loads((RESULTS / "study_plan.json").read_text())
-    for part, planned in plan.items():  # every planned run finished; the comparisons over >= 8 paired seeds
+    for part, planned in plan.items():  # the table holds the plan's cells, each with the seeds that finished
+        assert [c.name for c in cells[part]] == [p["name"] for p in planned]
         for cell, want in zip(cells[part], planned):
-            assert len(cell.runs) == len(want["runs"]), cell.name
-    assert sum(len(c.runs) >= 8 for c in cells["main"]) >= 5
+            assert len(cell.runs) <= len(want["runs"]) and (len(cell.runs) > 0 or part == "ablation"), cell.name
+            if len(cell.runs) < len(want["runs"]):
+                assert f"| {cell.name} ({len(cell.runs)} of {len(want['runs'])} planned seeds) |" in table
+    # the comparison the study exists for: ResNet18, RALD as printed and with the learning relation, on the
+    # same >= 8 seeds; the controls on at least 2 of those seeds
+    decisive = cells["main"][:3]
+    assert [c.name for c in decisive] == ["ResNet18 (a)", "RALD as printed", "RALD, learning relation"]
+    seeds = [set(c.by_seed()) for c in decisive]
+    assert len(seeds[0]) >= 8 and seeds[0] == seeds[1] == seeds[2]
+    assert all(len(c.runs) >= 2 and set(c.by_seed()) <= seeds[0] for c in cells["main"][3:])

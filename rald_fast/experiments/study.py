@@ -310,21 +310,22 @@ def plot_curves(cells: list[Cell], path: Path) -> None:
     """Per-epoch training neighbour purity (fine, against chance), ITRR entropy and CE, seed means."""
     plt = pyplot()
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4.2))
-    for cell in cells:
+    for i, cell in enumerate(cells):
+        color, ls = f"C{i % 10}", "--" if i >= 10 else "-"  # one style per cell in every panel
         runs = [rows for rows in (_epoch_rows(d) for d in cell.dirs) if rows]
         if not runs:
             continue
         epochs = [r["epoch"] for r in runs[0]]
         if "train_nn_purity_fine" in runs[0][-1]:
             mean = [statistics.fmean(run[i]["train_nn_purity_fine"] for run in runs) for i in range(len(epochs))]
-            line, = ax1.plot(epochs, [100 * v for v in mean], label=cell.name)
+            ax1.plot(epochs, [100 * v for v in mean], color=color, ls=ls, label=cell.name)
             chance = statistics.fmean(run[-1]["train_nn_chance_fine"] for run in runs)
-            ax1.axhline(100 * chance, color=line.get_color(), ls=":", lw=1)
+            ax1.axhline(100 * chance, color=color, ls=":", lw=1)
         if "train_itrr_entropy" in runs[0][-1]:
             ent = [statistics.fmean(run[i]["train_itrr_entropy"] for run in runs) for i in range(len(epochs))]
-            ax2.plot(epochs, ent, label=cell.name)
+            ax2.plot(epochs, ent, color=color, ls=ls, label=cell.name)
         ce = [statistics.fmean(run[i]["train_ce"] for run in runs) for i in range(len(epochs))]
-        ax3.plot(epochs, ce, label=cell.name)
+        ax3.plot(epochs, ce, color=color, ls=ls, label=cell.name)
     ax1.set(xlabel="epoch", ylabel="top-k neighbours with the same fine label (%)",
             title="NNLDL neighbour purity (training batches; dotted: chance)")
     ax2.set(xlabel="epoch", ylabel="entropy / log N", title="ITRR attention entropy, training (1 = uniform)")
