@@ -30,6 +30,9 @@ ARTIFACT_FORMAT = "rald_fast-artifact"
 ARTIFACT_VERSION = 1
 METADATA_KEY = "rald_fast"
 INPUT_NAME, OUTPUT_NAMES = "images", ("logits", "probs")
+# ITRR modes whose answer for an image does not depend on its batch-mates ("none": no ITRR): the only ones
+# a server may batch users' requests in (rald_fast/serve, the Triton repository)
+BATCH_INDEPENDENT_MODES = ("bank", "self", "none")
 # what `rald_fast.predict.Predictor` reads, by file suffix (python -m rald_fast.predict --backend)
 KINDS = {".pt": "checkpoint", ".pth": "checkpoint", ".ckpt": "checkpoint", ".onnx": "onnx",
          ".pt2": "pt2", ".ts": "torchscript", ".engine": "tensorrt", ".plan": "tensorrt",

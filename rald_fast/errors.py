@@ -12,6 +12,10 @@ class DataError(ValueError):
     """A dataset file or image that cannot be used."""
 
 
+class ImageTooLarge(DataError):
+    """An image over the pixel limit (--max-pixels): refused from its header, before it is decoded."""
+
+
 class MediaError(DataError):
     """An input photo or video that cannot be read: the message names the file and the reason."""
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from rald_fast.errors import DataError
+from rald_fast.errors import DataError, ImageTooLarge
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -107,7 +107,7 @@ def _decode(source, name, box: Box | None, max_pixels: int | None) -> Image.Imag
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(source) as im:  # lazy: only the header is read here
                 if max_pixels is not None and im.width * im.height > max_pixels:
-                    raise DataError(f"{name}: {im.width} x {im.height} = {im.width * im.height / 1e6:.0f} MP is "
+                    raise ImageTooLarge(f"{name}: {im.width} x {im.height} = {im.width * im.height / 1e6:.0f} MP is "
                                     f"over the pixel limit of {max_pixels / 1e6:.0f} MP (--max-pixels); "
                                     f"downscale it first or raise the limit")
                 if box is not None:

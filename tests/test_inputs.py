@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from rald_fast.cli import run_cli
-from rald_fast.errors import DataError
+from rald_fast.errors import DataError, ImageTooLarge
 
 TINY = dict(epochs=1, synth_train_per_class=1, synth_test_per_class=1, batch_size=16, eval_batch_size=16,
             image_size=32, progress=False)
@@ -81,8 +81,9 @@ def test_over_the_pixel_limit_is_one_line_and_no_pillow_warning(checkpoint, tmp_
     Image.new("L", (9500, 9500), 128).save(tmp_path / "huge.png")  # 90 MP: Pillow would warn
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # any warning fails the test
-        with pytest.raises(DataError, match=r"huge\.png: 9500 x 9500 = 90 MP is over the pixel limit of 50 MP"):
+        with pytest.raises(DataError, match=r"huge\.png: 9500 x 9500 = 90 MP is over the pixel limit of 50 MP") as e:
             open_rgb(tmp_path / "huge.png", max_pixels=50_000_000)
+        assert isinstance(e.value, ImageTooLarge)  # its own type: the service answers it with 413
         assert open_rgb(tmp_path / "huge.png", max_pixels=None).size == (9500, 9500)
     code, out, err = predict_cli(["--model", str(checkpoint), str(tmp_path / "huge.png"), "--max-pixels", "50",
                                   "--format", "jsonl"], capsys)

@@ -268,9 +268,10 @@ def study_markdown(study: dict, revisions: list[str]) -> str:
     for cell in cells:
         if cell is first_ablation:
             out.append("| *module by module* | | | | | | | | |")
-        note = "" if len(cell.runs) == n else f" ({len(cell.runs)} seed{'s' * (len(cell.runs) != 1)})"
         if cell.planned is not None and len(cell.runs) < cell.planned:
             note = f" ({len(cell.runs)} of {cell.planned} planned seeds)"
+        else:
+            note = "" if len(cell.runs) == n else f" ({len(cell.runs)} seed{'s' * (len(cell.runs) != 1)})"
         if mixed:
             note += " [" + ", ".join(revisions_of(cell)) + "]"
         diff = "-" if cell is base else _diff(cell, base)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from rald_fast.artifacts import INPUT_NAME, OUTPUT_NAMES, ArtifactError
+from rald_fast.artifacts import BATCH_INDEPENDENT_MODES, INPUT_NAME, OUTPUT_NAMES, ArtifactError
 from rald_fast.files import atomic_path, atomic_write_text
 
 DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "uint8": "TYPE_UINT8"}
@@ -53,7 +53,7 @@ def _model(repo: Path, name: str, platform: str, artifact: Path, file_name: str,
 def write_model_repository(out: Path, onnx_path: Path, meta: dict, opt_batch: int, max_batch: int,
                            engine_path: Path | None = None, queue_delay_us: int = 1000) -> list[Path]:
     """Write `out/model_repository/` (module docstring); returns the model folders written."""
-    if meta["itrr_mode"] not in ("bank", "self", "none"):
+    if meta["itrr_mode"] not in BATCH_INDEPENDENT_MODES:
         raise ArtifactError(f"--formats triton: ITRR mode {meta['itrr_mode']!r} makes each answer depend on the "
                             "other images of its batch, and Triton's dynamic batching mixes users' requests; "
                             "export with --itrr-mode bank or self")

@@ -28,7 +28,8 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 
-from rald_fast.errors import DataError
+from rald_fast.artifacts import BATCH_INDEPENDENT_MODES
+from rald_fast.errors import DataError, ImageTooLarge
 from rald_fast.predict.faces import DEFAULT_MARGIN, DEFAULT_MIN_FACE, HaarFaceDetector, to_results
 from rald_fast.predict.pipeline import Frame, RowWriter, detect_faces, face_crops, face_rows
 from rald_fast.predict.predictor import Predictions, Predictor
@@ -36,7 +37,6 @@ from rald_fast.preprocess import MAX_PIXELS, decode_bytes
 from rald_fast.revision import code_revision
 
 # no `from __future__ import annotations` here: FastAPI reads the endpoints' annotations at run time
-SAFE_MODES = ("bank", "self", "none")  # batch-independent ITRR modes ("none": a model without ITRR)
 IMAGE_TYPES = ("image/", "application/octet-stream")
 
 app = FastAPI(title="rald_fast", description="RALD fine-grained facial expressions of every face in a photo")
@@ -44,10 +44,10 @@ app = FastAPI(title="rald_fast", description="RALD fine-grained facial expressio
 
 def check_servable(predictor: Predictor) -> None:
     """Dynamic batching mixes users' images in one forward: refuse a model whose answers depend on them."""
-    if predictor.itrr_mode not in SAFE_MODES:
+    if predictor.itrr_mode not in BATCH_INDEPENDENT_MODES:
         raise ValueError(f"{predictor.path}: ITRR mode {predictor.itrr_mode!r} makes each answer depend on the other "
                          f"images of its batch, so batching requests would mix (and leak) users' photos; serve an "
-                         f"artifact exported in a batch-independent mode: {', '.join(SAFE_MODES[:2])} "
+                         f"artifact exported in a batch-independent mode: {', '.join(BATCH_INDEPENDENT_MODES[:2])} "
                          f"(python export/build_trt.py --itrr-mode bank)")
 
 
@@ -102,8 +102,10 @@ class RALDService:
             image = np.asarray(decode_bytes(data, name, self.max_pixels))
         except HTTPException as e:
             return error(e.status_code, e.detail)
+        except ImageTooLarge as e:
+            return error(413, str(e))
         except DataError as e:
-            return error(413 if "pixel limit" in str(e) else 415, str(e))
+            return error(415, str(e))
         boxes = detect_faces(image, self.detector if detect else None)
         crops = face_crops(image, boxes, self.predictor.preprocess.image_size, self.margin, detect)
         probs = await asyncio.gather(*(self.predict_crops(c) for c in crops))
