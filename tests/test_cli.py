@@ -58,8 +58,8 @@ def test_help_is_true():
     (["--epochs", "0"], "--epochs must be >= 1"),
     (["--resume", "missing.pt"], "--resume missing.pt: no such file"),
 ])
-def test_bad_train_options(args, message):
-    r = run("train", *TINY, *args)
+def test_bad_train_options(args, message, tmp_path):
+    r = run("train", *TINY, "--out", str(tmp_path / "run"), *args)  # not the checkout's runs/rald, which may exist
     assert r.returncode != 0
     assert message in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
